@@ -1,0 +1,40 @@
+# dfkd top-level commands. `make demo` runs the main job, `make test` the
+# test suite; both install what they need first (scripts/install-deps.sh).
+BUILD ?= build
+JOBS ?= 2
+CTEST_ARGS ?=
+RUNS ?= runs
+
+.PHONY: all deps configure build test test-unit demo bench clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+$(BUILD)/build.ninja: CMakeLists.txt
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+configure: deps $(BUILD)/build.ninja
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Every tier that can run on this machine; the gpu tier reports itself as
+# skipped where no CUDA LibTorch is present.
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+test-unit: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L unit
+
+# The main job. For now: a Fashion-MNIST teacher and a scratch student trained
+# with dfkd-train, then their accuracies (see README.md).
+demo: build
+	bash scripts/demo.sh $(BUILD) $(RUNS)
+
+bench: build
+	bash bench/run.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD)

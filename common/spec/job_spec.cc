@@ -1,0 +1,332 @@
+#include "common/spec/job_spec.h"
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace dfkd::common {
+namespace {
+
+using nlohmann::json;
+
+// Walks one JSON object, reading known keys into typed fields and recording
+// an error (with the full dotted path) for every wrong type, bad value or
+// unknown key.
+class ObjectReader {
+ public:
+  ObjectReader(const json& obj, std::string path, std::vector<SpecError>* errors)
+      : obj_(obj), path_(std::move(path)), errors_(errors) {
+    if (!obj_.is_object()) {
+      Error(path_.empty() ? "<root>" : path_, "must be an object");
+      valid_ = false;
+    }
+  }
+  ~ObjectReader() {
+    if (!valid_) return;
+    for (auto it = obj_.begin(); it != obj_.end(); ++it) {
+      if (!seen_.count(it.key())) Error(Path(it.key()), "unknown field");
+    }
+  }
+
+  std::string Path(const std::string& key) const {
+    return path_.empty() ? key : path_ + "." + key;
+  }
+  void Error(const std::string& path, const std::string& message) {
+    errors_->push_back({path, message});
+  }
+  bool Has(const std::string& key) const { return valid_ && obj_.contains(key); }
+  const json* Get(const std::string& key) {
+    seen_.insert(key);
+    if (!valid_ || !obj_.contains(key)) return nullptr;
+    return &obj_.at(key);
+  }
+
+  void Int(const std::string& key, int64_t* out, int64_t min, int64_t max) {
+    const json* v = Get(key);
+    if (!v) return;
+    if (!v->is_number_integer()) return Error(Path(key), "must be an integer");
+    int64_t x = v->get<int64_t>();
+    if (x < min || x > max) {
+      return Error(Path(key), RangeText(min, max));
+    }
+    *out = x;
+  }
+  void Number(const std::string& key, double* out, double min, double max) {
+    const json* v = Get(key);
+    if (!v) return;
+    if (!v->is_number()) return Error(Path(key), "must be a number");
+    double x = v->get<double>();
+    if (!(x >= min && x <= max)) return Error(Path(key), RangeText(min, max));
+    *out = x;
+  }
+  void Bool(const std::string& key, bool* out) {
+    const json* v = Get(key);
+    if (!v) return;
+    if (!v->is_boolean()) return Error(Path(key), "must be true or false");
+    *out = v->get<bool>();
+  }
+  void String(const std::string& key, std::string* out) {
+    const json* v = Get(key);
+    if (!v) return;
+    if (!v->is_string()) return Error(Path(key), "must be a string");
+    *out = v->get<std::string>();
+  }
+  void Enum(const std::string& key, std::string* out,
+            const std::vector<std::string>& allowed) {
+    const json* v = Get(key);
+    if (!v) return;
+    if (!v->is_string() ||
+        std::find(allowed.begin(), allowed.end(), v->get<std::string>()) ==
+            allowed.end()) {
+      return Error(Path(key), "must be one of " + Join(allowed));
+    }
+    *out = v->get<std::string>();
+  }
+  // Reads a nested object with `fn(ObjectReader&)` when present.
+  template <typename Fn>
+  void Object(const std::string& key, Fn fn) {
+    const json* v = Get(key);
+    if (!v) return;
+    ObjectReader child(*v, Path(key), errors_);
+    if (child.valid_) fn(child);
+  }
+
+  static std::string Join(const std::vector<std::string>& items) {
+    std::string s;
+    for (size_t i = 0; i < items.size(); ++i) s += (i ? ", " : "") + items[i];
+    return s;
+  }
+
+ private:
+  template <typename T>
+  static std::string RangeText(T min, T max) {
+    std::ostringstream os;
+    os << "must be in [" << min << ", " << max << "]";
+    return os.str();
+  }
+
+  const json& obj_;
+  std::string path_;
+  std::vector<SpecError>* errors_;
+  std::set<std::string> seen_;
+  bool valid_ = true;
+};
+
+constexpr int64_t kBig = int64_t{1} << 40;
+
+void ReadData(ObjectReader& r, DataSpec* d) {
+  r.Enum("dataset", &d->dataset,
+         {"fashion_mnist", "cifar10", "cifar100", "image_folder"});
+  r.String("root", &d->root);
+  r.Bool("augment", &d->augment);
+  r.Int("crop_padding", &d->crop_padding, -1, 64);
+  r.Bool("horizontal_flip", &d->horizontal_flip);
+  r.Int("image_size", &d->image_size, 0, 1024);
+  r.Int("train_limit", &d->train_limit, 0, kBig);
+  r.Int("test_limit", &d->test_limit, 0, kBig);
+  if (d->dataset == "image_folder") {
+    if (d->root.empty()) r.Error(r.Path("root"), "required for image_folder");
+    if (d->image_size == 0) r.Error(r.Path("image_size"), "required for image_folder");
+  }
+  if ((d->dataset == "cifar10" || d->dataset == "cifar100") && d->root.empty()) {
+    r.Error(r.Path("root"), "required for " + d->dataset +
+                                " (folder with the binary batches)");
+  }
+}
+
+void ReadModel(ObjectReader& r, ModelSpec* m) {
+  r.Enum("arch", &m->arch,
+         {"resnet", "wrn", "vgg", "resnet_imagenet", "mobilenet_v2"});
+  r.Int("depth", &m->depth, 0, 1000);
+  r.Int("widen_factor", &m->widen_factor, 1, 16);
+  r.Number("width_mult", &m->width_mult, 0.1, 4.0);
+  r.Number("dropout", &m->dropout, 0.0, 0.9);
+  auto depth_in = [&](std::vector<int64_t> allowed) {
+    if (std::find(allowed.begin(), allowed.end(), m->depth) == allowed.end()) {
+      std::vector<std::string> s;
+      for (int64_t a : allowed) s.push_back(std::to_string(a));
+      r.Error(r.Path("depth"), "must be one of " + ObjectReader::Join(s) +
+                                   " for arch " + m->arch);
+    }
+  };
+  if (m->arch == "resnet") depth_in({18, 34});
+  if (m->arch == "wrn") {
+    depth_in({16, 40});
+    if (m->widen_factor != 1 && m->widen_factor != 2) {
+      r.Error(r.Path("widen_factor"), "must be one of 1, 2");
+    }
+  }
+  if (m->arch == "vgg") depth_in({11});
+  if (m->arch == "resnet_imagenet") depth_in({18, 50});
+  if (!r.Has("depth") && m->arch != "wrn" && m->arch != "mobilenet_v2") {
+    r.Error(r.Path("depth"), "required for arch " + m->arch);
+  }
+}
+
+void ReadOptim(ObjectReader& r, OptimSpec* o) {
+  r.Number("lr", &o->lr, 0.0, 10.0);
+  r.Number("momentum", &o->momentum, 0.0, 0.999);
+  r.Number("weight_decay", &o->weight_decay, 0.0, 1.0);
+  r.Bool("nesterov", &o->nesterov);
+  r.Enum("schedule", &o->schedule, {"cosine", "multistep", "constant"});
+  if (const json* v = r.Get("milestones")) {
+    if (!v->is_array()) {
+      r.Error(r.Path("milestones"), "must be an array of fractions in (0, 1)");
+    } else {
+      o->milestones.clear();
+      for (size_t i = 0; i < v->size(); ++i) {
+        const json& x = (*v)[i];
+        if (!x.is_number() || x.get<double>() <= 0 || x.get<double>() >= 1) {
+          r.Error(r.Path("milestones") + "[" + std::to_string(i) + "]",
+                  "must be a fraction of the run in (0, 1)");
+        } else {
+          o->milestones.push_back(x.get<double>());
+        }
+      }
+      if (!std::is_sorted(o->milestones.begin(), o->milestones.end())) {
+        r.Error(r.Path("milestones"), "must be increasing");
+      }
+    }
+  }
+  r.Number("gamma", &o->gamma, 0.0, 1.0);
+  r.Number("eta_min", &o->eta_min, 0.0, 10.0);
+  r.Int("warmup_steps", &o->warmup_steps, 0, kBig);
+  if (o->schedule == "multistep" && o->milestones.empty()) {
+    r.Error(r.Path("milestones"), "required for schedule multistep");
+  }
+}
+
+void ReadTrain(ObjectReader& r, TrainSpec* t) {
+  r.Int("epochs", &t->epochs, 1, 100000);
+  r.Int("max_steps", &t->max_steps, 0, kBig);
+  r.Int("batch_size", &t->batch_size, 1, 1 << 16);
+  r.Int("eval_batch_size", &t->eval_batch_size, 1, 1 << 16);
+  r.Int("eval_every_epochs", &t->eval_every_epochs, 1, 100000);
+  r.Int("checkpoint_every_steps", &t->checkpoint_every_steps, 1, kBig);
+  r.Object("optim", [&](ObjectReader& c) { ReadOptim(c, &t->optim); });
+}
+
+void ReadRuntime(ObjectReader& r, RuntimeSpec* rt) {
+  r.Int("threads", &rt->threads, 0, 1024);
+  r.Enum("device", &rt->device, {"cpu", "cuda"});
+}
+
+}  // namespace
+
+const char* JobKindName(JobKind kind) {
+  switch (kind) {
+    case JobKind::kTrainTeacher: return "train_teacher";
+    case JobKind::kTrainStudentScratch: return "train_student_scratch";
+    case JobKind::kDistill: return "distill";
+  }
+  return "?";
+}
+
+std::string SpecParseResult::ErrorText() const {
+  std::string s;
+  for (const SpecError& e : errors) s += e.ToString() + "\n";
+  return s;
+}
+
+SpecParseResult ParseJobSpec(const json& j) {
+  SpecParseResult result;
+  JobSpec spec;
+  {
+    ObjectReader r(j, "", &result.errors);
+    if (!r.Has("version")) {
+      r.Error("version", "required (this build reads version " +
+                             std::to_string(kJobSpecVersion) + ")");
+    }
+    int64_t version = kJobSpecVersion;
+    r.Int("version", &version, 1, kJobSpecVersion);
+    spec.version = static_cast<int>(version);
+    std::string kind;
+    if (!r.Has("kind")) r.Error("kind", "required");
+    r.Enum("kind", &kind, {"train_teacher", "train_student_scratch", "distill"});
+    if (kind == "train_student_scratch") spec.kind = JobKind::kTrainStudentScratch;
+    if (kind == "distill") {
+      spec.kind = JobKind::kDistill;
+      r.Error("kind", "distill is not supported by this build yet");
+    }
+    r.String("name", &spec.name);
+    r.Int("seed", &spec.seed, 0, kBig);
+    r.Object("data", [&](ObjectReader& c) { ReadData(c, &spec.data); });
+    if (!r.Has("model")) r.Error("model", "required");
+    r.Object("model", [&](ObjectReader& c) { ReadModel(c, &spec.model); });
+    r.Object("train", [&](ObjectReader& c) { ReadTrain(c, &spec.train); });
+    r.Object("runtime", [&](ObjectReader& c) { ReadRuntime(c, &spec.runtime); });
+  }  // the reader's destructor reports unknown top-level fields
+  if (result.errors.empty()) result.spec = spec;
+  return result;
+}
+
+SpecParseResult LoadJobSpecFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return {std::nullopt, {{path, "cannot open file"}}};
+  json j = json::parse(in, nullptr, /*allow_exceptions=*/false,
+                       /*ignore_comments=*/true);
+  if (j.is_discarded()) return {std::nullopt, {{path, "not valid JSON"}}};
+  return ParseJobSpec(j);
+}
+
+json ToJson(const JobSpec& s) {
+  const OptimSpec& o = s.train.optim;
+  return json{
+      {"version", s.version},
+      {"kind", JobKindName(s.kind)},
+      {"name", s.name},
+      {"seed", s.seed},
+      {"data",
+       {{"dataset", s.data.dataset},
+        {"root", s.data.root},
+        {"augment", s.data.augment},
+        {"crop_padding", s.data.crop_padding},
+        {"horizontal_flip", s.data.horizontal_flip},
+        {"image_size", s.data.image_size},
+        {"train_limit", s.data.train_limit},
+        {"test_limit", s.data.test_limit}}},
+      {"model",
+       {{"arch", s.model.arch},
+        {"depth", s.model.depth},
+        {"widen_factor", s.model.widen_factor},
+        {"width_mult", s.model.width_mult},
+        {"dropout", s.model.dropout}}},
+      {"train",
+       {{"epochs", s.train.epochs},
+        {"max_steps", s.train.max_steps},
+        {"batch_size", s.train.batch_size},
+        {"eval_batch_size", s.train.eval_batch_size},
+        {"eval_every_epochs", s.train.eval_every_epochs},
+        {"checkpoint_every_steps", s.train.checkpoint_every_steps},
+        {"optim",
+         {{"lr", o.lr},
+          {"momentum", o.momentum},
+          {"weight_decay", o.weight_decay},
+          {"nesterov", o.nesterov},
+          {"schedule", o.schedule},
+          {"milestones", o.milestones},
+          {"gamma", o.gamma},
+          {"eta_min", o.eta_min},
+          {"warmup_steps", o.warmup_steps}}}}},
+      {"runtime", {{"threads", s.runtime.threads}, {"device", s.runtime.device}}},
+  };
+}
+
+std::string CanonicalHash(const JobSpec& spec) {
+  // FNV-1a 64 over the canonical dump (nlohmann sorts object keys). The name
+  // is presentation only, so it does not take part.
+  json j = ToJson(spec);
+  j.erase("name");
+  std::string text = j.dump();
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : text) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  char buf[17];
+  snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+}  // namespace dfkd::common

@@ -1,0 +1,116 @@
+// The job spec: the one description of a unit of work that dfkd-train runs
+// alone and that the scheduler hands to workers. JSON on disk and on the wire,
+// parsed here into typed structs with defaults filled in.
+//
+// Every field is validated at parse time and every error names its field path
+// ("model.depth: must be one of 16, 40"), so a bad spec is rejected before any
+// work starts. Unknown fields are errors too: a typo never silently falls back
+// to a default. This library depends on nlohmann/json only, so the control
+// plane (no LibTorch) validates specs with exactly the same code as the engine.
+#ifndef DFKD_COMMON_SPEC_JOB_SPEC_H_
+#define DFKD_COMMON_SPEC_JOB_SPEC_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace dfkd::common {
+
+// Bumped when a field changes meaning. A spec without "version" is refused.
+inline constexpr int kJobSpecVersion = 1;
+
+enum class JobKind { kTrainTeacher, kTrainStudentScratch, kDistill };
+const char* JobKindName(JobKind kind);
+
+struct DataSpec {
+  // fashion_mnist | cifar10 | cifar100 | image_folder
+  std::string dataset = "fashion_mnist";
+  // Folder holding the files; empty = the dataset's default location
+  // (/usr/share/datasets/fashion-mnist for Fashion-MNIST).
+  std::string root;
+  bool augment = true;          // random crop with padding + horizontal flip
+  int64_t crop_padding = -1;    // -1 = dataset default (4, Fashion-MNIST 2)
+  bool horizontal_flip = true;
+  int64_t image_size = 0;       // image_folder only: resize to this square size
+  int64_t train_limit = 0;      // use only the first N training images (0 = all)
+  int64_t test_limit = 0;       // use only the first N test images (0 = all)
+};
+
+struct ModelSpec {
+  // resnet (CIFAR stem) | wrn | vgg | resnet_imagenet | mobilenet_v2
+  std::string arch = "wrn";
+  int64_t depth = 16;           // resnet 18/34, wrn 16/40, vgg 11, resnet_imagenet 18/50
+  int64_t widen_factor = 1;     // wrn only: 1 or 2
+  double width_mult = 1.0;      // mobilenet_v2 only
+  double dropout = 0.0;         // wrn only (the DFKD references use 0)
+};
+
+struct OptimSpec {
+  double lr = 0.1;
+  double momentum = 0.9;
+  double weight_decay = 5e-4;
+  bool nesterov = false;
+  std::string schedule = "cosine";     // cosine | multistep | constant
+  std::vector<double> milestones;      // multistep: fractions of the run in (0,1)
+  double gamma = 0.2;                  // multistep factor
+  double eta_min = 0.0;                // cosine floor
+  int64_t warmup_steps = 0;            // linear warm-up from 0
+};
+
+struct TrainSpec {
+  int64_t epochs = 1;
+  int64_t max_steps = 0;               // > 0: stop after this many steps (instant configs)
+  int64_t batch_size = 128;
+  int64_t eval_batch_size = 500;
+  int64_t eval_every_epochs = 1;
+  int64_t checkpoint_every_steps = 500;
+  OptimSpec optim;
+};
+
+struct RuntimeSpec {
+  int64_t threads = 0;                 // 0 = one per core
+  std::string device = "cpu";          // cpu | cuda
+};
+
+struct JobSpec {
+  int version = kJobSpecVersion;
+  JobKind kind = JobKind::kTrainTeacher;
+  std::string name;                    // free text, shown in progress and results
+  int64_t seed = 0;
+  DataSpec data;
+  ModelSpec model;
+  TrainSpec train;
+  RuntimeSpec runtime;
+};
+
+struct SpecError {
+  std::string path;     // "model.depth"
+  std::string message;  // "must be one of 16, 40"
+  std::string ToString() const { return path + ": " + message; }
+};
+
+struct SpecParseResult {
+  std::optional<JobSpec> spec;        // set iff errors is empty
+  std::vector<SpecError> errors;
+  bool ok() const { return errors.empty(); }
+  std::string ErrorText() const;      // one error per line
+};
+
+// Parses and validates. Never throws.
+SpecParseResult ParseJobSpec(const nlohmann::json& json);
+// Reads a file, then ParseJobSpec. A missing file or broken JSON is reported as
+// an error with path "<file>".
+SpecParseResult LoadJobSpecFile(const std::string& path);
+
+// The spec with every default filled in; ParseJobSpec(ToJson(s)) == s.
+nlohmann::json ToJson(const JobSpec& spec);
+// 16 hex digits identifying the spec's canonical JSON (defaults filled, keys
+// sorted). Equal specs hash equal, whatever their key order or omitted defaults.
+std::string CanonicalHash(const JobSpec& spec);
+
+}  // namespace dfkd::common
+
+#endif  // DFKD_COMMON_SPEC_JOB_SPEC_H_

@@ -1,0 +1,105 @@
+#include "common/spec/job_spec.h"
+
+#include <gtest/gtest.h>
+
+namespace dfkd::common {
+namespace {
+
+using nlohmann::json;
+
+json Minimal() {
+  return json::parse(R"({"version": 1, "kind": "train_teacher",
+                         "model": {"arch": "wrn", "depth": 40, "widen_factor": 2}})");
+}
+
+std::vector<std::string> Paths(const SpecParseResult& r) {
+  std::vector<std::string> p;
+  for (const auto& e : r.errors) p.push_back(e.ToString());
+  return p;
+}
+
+TEST(JobSpecTest, MinimalSpecFillsDefaults) {
+  SpecParseResult r = ParseJobSpec(Minimal());
+  ASSERT_TRUE(r.ok()) << r.ErrorText();
+  EXPECT_EQ(r.spec->kind, JobKind::kTrainTeacher);
+  EXPECT_EQ(r.spec->model.depth, 40);
+  EXPECT_EQ(r.spec->data.dataset, "fashion_mnist");
+  EXPECT_EQ(r.spec->train.optim.schedule, "cosine");
+}
+
+TEST(JobSpecTest, BadDepthNamesTheField) {
+  json j = Minimal();
+  j["model"]["depth"] = 28;
+  SpecParseResult r = ParseJobSpec(j);
+  ASSERT_FALSE(r.ok());
+  ASSERT_EQ(r.errors.size(), 1u);
+  EXPECT_EQ(r.errors[0].ToString(), "model.depth: must be one of 16, 40 for arch wrn");
+}
+
+TEST(JobSpecTest, ReportsEveryErrorWithItsPath) {
+  json j = Minimal();
+  j["train"] = {{"batch_size", 0}, {"optim", {{"lr", "fast"}, {"schedule", "step"}}}};
+  j["data"] = {{"datset", "cifar10"}};
+  j.erase("version");
+  SpecParseResult r = ParseJobSpec(j);
+  auto p = Paths(r);
+  EXPECT_EQ(r.errors.size(), 5u) << r.ErrorText();
+  auto has = [&](const std::string& s) {
+    return std::find(p.begin(), p.end(), s) != p.end();
+  };
+  EXPECT_TRUE(has("version: required (this build reads version 1)")) << r.ErrorText();
+  EXPECT_TRUE(has("train.batch_size: must be in [1, 65536]")) << r.ErrorText();
+  EXPECT_TRUE(has("train.optim.lr: must be a number")) << r.ErrorText();
+  EXPECT_TRUE(has("train.optim.schedule: must be one of cosine, multistep, constant"))
+      << r.ErrorText();
+  EXPECT_TRUE(has("data.datset: unknown field")) << r.ErrorText();
+}
+
+TEST(JobSpecTest, NewerVersionIsRefused) {
+  json j = Minimal();
+  j["version"] = 2;
+  SpecParseResult r = ParseJobSpec(j);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.errors[0].path, "version");
+}
+
+TEST(JobSpecTest, CifarNeedsRootAndMultistepNeedsMilestones) {
+  json j = Minimal();
+  j["data"] = {{"dataset", "cifar10"}};
+  j["train"] = {{"optim", {{"schedule", "multistep"}}}};
+  auto p = Paths(ParseJobSpec(j));
+  ASSERT_EQ(p.size(), 2u);
+  EXPECT_EQ(p[0].rfind("data.root: required for cifar10", 0), 0u) << p[0];
+  EXPECT_EQ(p[1], "train.optim.milestones: required for schedule multistep");
+}
+
+TEST(JobSpecTest, RoundTripAndCanonicalHash) {
+  SpecParseResult a = ParseJobSpec(Minimal());
+  ASSERT_TRUE(a.ok());
+  json full = ToJson(*a.spec);
+  SpecParseResult b = ParseJobSpec(full);
+  ASSERT_TRUE(b.ok()) << b.ErrorText();
+  EXPECT_EQ(ToJson(*b.spec), full);
+  // Omitted defaults and key order do not change the hash; a value does.
+  EXPECT_EQ(CanonicalHash(*a.spec), CanonicalHash(*b.spec));
+  json renamed = Minimal();
+  renamed["name"] = "other display name";
+  EXPECT_EQ(CanonicalHash(*ParseJobSpec(renamed).spec), CanonicalHash(*a.spec));
+  json other = Minimal();
+  other["seed"] = 1;
+  EXPECT_NE(CanonicalHash(*ParseJobSpec(other).spec), CanonicalHash(*a.spec));
+}
+
+TEST(JobSpecTest, NonObjectSectionsAndBrokenFiles) {
+  json j = Minimal();
+  j["train"] = 3;
+  auto p = Paths(ParseJobSpec(j));
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(p[0], "train: must be an object");
+  SpecParseResult missing = LoadJobSpecFile("/nonexistent/spec.json");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.errors[0].ToString(), "/nonexistent/spec.json: cannot open file");
+}
+
+}  // namespace
+}  // namespace dfkd::common

@@ -1,0 +1,95 @@
+// dfkd-train as a user meets it: a bad spec is refused before any work with
+// the field at fault, an instant spec runs to a result, a rerun resumes.
+#include <stdio.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/testing/temp_dir.h"
+
+namespace {
+
+struct Run {
+  int code;
+  std::string output;
+};
+
+Run Exec(const std::string& cmd) {
+  Run r{-1, ""};
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string Binary() { return std::string(getenv("DFKD_BINARY_DIR")) + "/bin/dfkd-train"; }
+std::string Source(const std::string& rel) {
+  return std::string(getenv("DFKD_SOURCE_DIR")) + "/" + rel;
+}
+
+bool HaveFashionMnist() {
+  return std::filesystem::exists("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz");
+}
+
+TEST(DfkdTrainCliTest, BadSpecIsRejectedWithFieldPath) {
+  dfkd::testing::TempDir dir;
+  std::ofstream(dir.File("bad.json"))
+      << R"({"version": 1, "kind": "train_teacher", "model": {"arch": "wrn", "depth": 28},
+            "train": {"batch_size": -3}})";
+  Run r = Exec(Binary() + " " + dir.File("bad.json") + " -o " + dir.File("out"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("model.depth: must be one of 16, 40"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("train.batch_size: must be in [1, 65536]"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir.File("out")));  // no work started
+}
+
+TEST(DfkdTrainCliTest, HelpTellsExitCodes) {
+  Run r = Exec(Binary() + " --help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.output.find("3 stopped (resumable)"), std::string::npos) << r.output;
+}
+
+TEST(DfkdTrainCliTest, MissingDataFileIsNamed) {
+  dfkd::testing::TempDir dir;
+  std::ofstream(dir.File("s.json"))
+      << R"({"version": 1, "kind": "train_teacher", "model": {"arch": "wrn"},
+            "data": {"dataset": "fashion_mnist", "root": ")" << dir.File("nowhere") << R"("}})";
+  Run r = Exec(Binary() + " -q " + dir.File("s.json") + " -o " + dir.File("out"));
+  EXPECT_EQ(r.code, 4) << r.output;
+  EXPECT_NE(r.output.find(dir.File("nowhere")), std::string::npos) << r.output;
+}
+
+TEST(DfkdTrainCliTest, InstantSpecRunsThenResumesAsDone) {
+  if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  dfkd::testing::TempDir dir;
+  std::string spec = Source("tests/configs/instant/teacher_fashion_mnist.json");
+  Run first = Exec(Binary() + " " + spec + " -o " + dir.File("out") + " --max-steps 3");
+  ASSERT_EQ(first.code, 0) << first.output;
+  EXPECT_NE(first.output.find("test top-1"), std::string::npos) << first.output;
+  // Plain progress lines when not a terminal.
+  EXPECT_NE(first.output.find("100.0% 3/3"), std::string::npos) << first.output;
+  std::ifstream in(dir.File("out/result.json"));
+  nlohmann::json result = nlohmann::json::parse(in);
+  EXPECT_EQ(result["steps"], 3);
+  EXPECT_EQ(result["model"], "wrn-16-1");
+  EXPECT_EQ(result["test_samples"], 256);
+  // The same command again finds the finished checkpoint and does no work.
+  Run again = Exec(Binary() + " " + spec + " -o " + dir.File("out") + " --max-steps 3");
+  ASSERT_EQ(again.code, 0) << again.output;
+  EXPECT_NE(again.output.find("at step 3/3"), std::string::npos) << again.output;
+  // Another budget is another experiment: its checkpoint is not reused.
+  Run other = Exec(Binary() + " -q " + spec + " -o " + dir.File("out"));
+  EXPECT_EQ(other.code, 1) << other.output;
+  EXPECT_NE(other.output.find("belongs to spec"), std::string::npos) << other.output;
+}
+
+}  // namespace
