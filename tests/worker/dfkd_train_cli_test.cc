@@ -14,13 +14,13 @@
 
 namespace {
 
-struct Run {
+struct ExecResult {
   int code;
   std::string output;
 };
 
-Run Exec(const std::string& cmd) {
-  Run r{-1, ""};
+ExecResult Exec(const std::string& cmd) {
+  ExecResult r{-1, ""};
   FILE* p = popen((cmd + " 2>&1").c_str(), "r");
   char buf[4096];
   size_t n;
@@ -44,7 +44,7 @@ TEST(DfkdTrainCliTest, BadSpecIsRejectedWithFieldPath) {
   std::ofstream(dir.File("bad.json"))
       << R"({"version": 1, "kind": "train_teacher", "model": {"arch": "wrn", "depth": 28},
             "train": {"batch_size": -3}})";
-  Run r = Exec(Binary() + " " + dir.File("bad.json") + " -o " + dir.File("out"));
+  ExecResult r = Exec(Binary() + " " + dir.File("bad.json") + " -o " + dir.File("out"));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("model.depth: must be one of 16, 40"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("train.batch_size: must be in [1, 65536]"), std::string::npos)
@@ -53,7 +53,7 @@ TEST(DfkdTrainCliTest, BadSpecIsRejectedWithFieldPath) {
 }
 
 TEST(DfkdTrainCliTest, HelpTellsExitCodes) {
-  Run r = Exec(Binary() + " --help");
+  ExecResult r = Exec(Binary() + " --help");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("3 stopped (resumable)"), std::string::npos) << r.output;
 }
@@ -63,7 +63,7 @@ TEST(DfkdTrainCliTest, MissingDataFileIsNamed) {
   std::ofstream(dir.File("s.json"))
       << R"({"version": 1, "kind": "train_teacher", "model": {"arch": "wrn"},
             "data": {"dataset": "fashion_mnist", "root": ")" << dir.File("nowhere") << R"("}})";
-  Run r = Exec(Binary() + " -q " + dir.File("s.json") + " -o " + dir.File("out"));
+  ExecResult r = Exec(Binary() + " -q " + dir.File("s.json") + " -o " + dir.File("out"));
   EXPECT_EQ(r.code, 4) << r.output;
   EXPECT_NE(r.output.find(dir.File("nowhere")), std::string::npos) << r.output;
 }
@@ -72,7 +72,7 @@ TEST(DfkdTrainCliTest, InstantSpecRunsThenResumesAsDone) {
   if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   dfkd::testing::TempDir dir;
   std::string spec = Source("tests/configs/instant/teacher_fashion_mnist.json");
-  Run first = Exec(Binary() + " " + spec + " -o " + dir.File("out") + " --max-steps 3");
+  ExecResult first = Exec(Binary() + " " + spec + " -o " + dir.File("out") + " --max-steps 3");
   ASSERT_EQ(first.code, 0) << first.output;
   EXPECT_NE(first.output.find("test top-1"), std::string::npos) << first.output;
   // Plain progress lines when not a terminal.
@@ -83,11 +83,11 @@ TEST(DfkdTrainCliTest, InstantSpecRunsThenResumesAsDone) {
   EXPECT_EQ(result["model"], "wrn-16-1");
   EXPECT_EQ(result["test_samples"], 256);
   // The same command again finds the finished checkpoint and does no work.
-  Run again = Exec(Binary() + " " + spec + " -o " + dir.File("out") + " --max-steps 3");
+  ExecResult again = Exec(Binary() + " " + spec + " -o " + dir.File("out") + " --max-steps 3");
   ASSERT_EQ(again.code, 0) << again.output;
   EXPECT_NE(again.output.find("at step 3/3"), std::string::npos) << again.output;
   // Another budget is another experiment: its checkpoint is not reused.
-  Run other = Exec(Binary() + " -q " + spec + " -o " + dir.File("out"));
+  ExecResult other = Exec(Binary() + " -q " + spec + " -o " + dir.File("out"));
   EXPECT_EQ(other.code, 1) << other.output;
   EXPECT_NE(other.output.find("belongs to spec"), std::string::npos) << other.output;
 }

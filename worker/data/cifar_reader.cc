@@ -141,12 +141,12 @@ TensorDataset LoadCifar(const std::string& root,
         const int64_t limit =
             is_label ? format.num_classes : format.coarse_classes;
         if (value >= limit) {
-          throw DataError(path + ": " + (is_label ? "" : "coarse ") +
-                          "label " + std::to_string(value) +
-                          " at byte offset " +
-                          std::to_string(rec_offset + static_cast<uint64_t>(b)) +
-                          " (record " + std::to_string(r) + "), expected < " +
-                          std::to_string(limit));
+          throw DataError(
+              path + ": " + (is_label ? "" : "coarse ") + "label " +
+              std::to_string(value) + " at byte offset " +
+              std::to_string(rec_offset + static_cast<uint64_t>(b)) +
+              " (record " + std::to_string(r) + "), expected < " +
+              std::to_string(limit));
         }
       }
       label_out[next] = rec[format.label_index];

@@ -23,8 +23,9 @@ TensorDataset::TensorDataset(torch::Tensor images, torch::Tensor labels,
               labels_.scalar_type());
   TORCH_CHECK(labels_.dim() == 1,
               "TensorDataset: labels must be [N], got shape ", labels_.sizes());
-  TORCH_CHECK(labels_.size(0) == images_.size(0), "TensorDataset: ",
-              images_.size(0), " images but ", labels_.size(0), " labels");
+  TORCH_CHECK(labels_.size(0) == images_.size(0),
+              "TensorDataset: ", images_.size(0), " images but ",
+              labels_.size(0), " labels");
   TORCH_CHECK(num_classes_ > 0, "TensorDataset: num_classes must be > 0, got ",
               num_classes_);
   if (labels_.numel() > 0) {
@@ -44,8 +45,8 @@ Batch TensorDataset::Get(const std::vector<int64_t>& indices) const {
   const int64_t n = size();
   for (size_t i = 0; i < indices.size(); ++i) {
     TORCH_CHECK(indices[i] >= 0 && indices[i] < n, "TensorDataset::Get: index ",
-                indices[i], " (position ", i, " in the batch) is out of range [0, ",
-                n, ")");
+                indices[i], " (position ", i,
+                " in the batch) is out of range [0, ", n, ")");
   }
   torch::Tensor index =
       torch::empty({static_cast<int64_t>(indices.size())}, torch::kInt64);

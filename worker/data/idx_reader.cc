@@ -70,9 +70,6 @@ class GzInput {
   GzInput(const GzInput&) = delete;
   GzInput& operator=(const GzInput&) = delete;
 
-  const std::string& path() const { return path_; }
-  uint64_t offset() const { return offset_; }
-
   // Reads exactly n bytes into dst, in chunks of at most kMaxReadChunk.
   void ReadExact(void* dst, uint64_t n) {
     expected_total_ = std::max(expected_total_, offset_ + n);
@@ -201,8 +198,8 @@ std::string FindFile(const std::string& root, const std::string& name) {
   fs::path plain = gz;
   plain.replace_extension();  // drops ".gz"
   if (fs::exists(plain, ec)) return plain.string();
-  throw DataError(gz.string() + ": no such file (also tried " +
-                  plain.string() + ")");
+  throw DataError(gz.string() + ": no such file (also tried " + plain.string() +
+                  ")");
 }
 
 }  // namespace
@@ -235,8 +232,8 @@ TensorDataset LoadFashionMnist(const std::string& root, bool train) {
   for (int64_t i = 0; i < labels.size(0); ++i) {
     if (l[i] < 0 || l[i] >= kFashionMnistClasses) {
       throw DataError(labels_path + ": label " + std::to_string(l[i]) +
-                      " at byte offset " + std::to_string(8 + i) +
-                      " (sample " + std::to_string(i) + "), expected < " +
+                      " at byte offset " + std::to_string(8 + i) + " (sample " +
+                      std::to_string(i) + "), expected < " +
                       std::to_string(kFashionMnistClasses));
     }
   }

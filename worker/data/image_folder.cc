@@ -144,8 +144,9 @@ ImageFolderDataset ImageFolderDataset::TinyImageNetVal(
     }
     const size_t tab2 = line.find('\t', tab1 + 1);
     const std::string file = line.substr(0, tab1);
-    const std::string wnid = line.substr(
-        tab1 + 1, tab2 == std::string::npos ? std::string::npos : tab2 - tab1 - 1);
+    const std::string wnid =
+        line.substr(tab1 + 1, tab2 == std::string::npos ? std::string::npos
+                                                        : tab2 - tab1 - 1);
     const auto found = class_index.find(wnid);
     if (found == class_index.end()) {
       throw DataError(where + ": class '" + wnid +
@@ -200,8 +201,8 @@ void ImageFolderDataset::Decode(int64_t i, torch::Tensor out) const {
   const int s = static_cast<int>(image_size_);
   cv::Mat image;
   try {
-    image = cv::imread(file, channels_ == 1 ? cv::IMREAD_GRAYSCALE
-                                            : cv::IMREAD_COLOR);
+    image = cv::imread(
+        file, channels_ == 1 ? cv::IMREAD_GRAYSCALE : cv::IMREAD_COLOR);
   } catch (const cv::Exception& e) {
     throw DataError(file + ": cannot decode image: " + e.what());
   }
@@ -227,8 +228,8 @@ void ImageFolderDataset::Decode(int64_t i, torch::Tensor out) const {
   } else {
     try {
       cv::resize(image, resized,
-                 cv::Size(static_cast<int>(new_w), static_cast<int>(new_h)),
-                 0, 0, s < shorter ? cv::INTER_AREA : cv::INTER_LINEAR);
+                 cv::Size(static_cast<int>(new_w), static_cast<int>(new_h)), 0,
+                 0, s < shorter ? cv::INTER_AREA : cv::INTER_LINEAR);
     } catch (const cv::Exception& e) {
       throw DataError(file + ": cannot resize image: " + e.what());
     }

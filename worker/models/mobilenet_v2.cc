@@ -15,14 +15,13 @@ constexpr int64_t kRoundNearest = 8;
 // padding (k - 1) / 2, no bias) -> BN -> ReLU6.
 class ConvBnReLU6Impl : public torch::nn::Module {
  public:
-  ConvBnReLU6Impl(int64_t in, int64_t out, int64_t kernel, int64_t stride,
-                  int64_t groups, TapList& taps) {
-    conv_ = register_module(
-        "conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel)
-                                      .stride(stride)
-                                      .padding((kernel - 1) / 2)
-                                      .groups(groups)
-                                      .bias(false)));
+  ConvBnReLU6Impl(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t groups,
+                  TapList& taps) {
+    conv_ = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel)
+                                                          .stride(stride)
+                                                          .padding((kernel - 1) / 2)
+                                                          .groups(groups)
+                                                          .bias(false)));
     bn_ = register_module("bn", TappedBatchNorm2d(out));
     taps.Add(bn_);
   }
@@ -41,19 +40,15 @@ TORCH_MODULE(ConvBnReLU6);
 // with BN; residual connection when stride is 1 and widths match.
 class InvertedResidualImpl : public torch::nn::Module {
  public:
-  InvertedResidualImpl(int64_t in, int64_t out, int64_t stride,
-                       int64_t expand_ratio, TapList& taps)
+  InvertedResidualImpl(int64_t in, int64_t out, int64_t stride, int64_t expand_ratio, TapList& taps)
       : use_residual_(stride == 1 && in == out) {
     const int64_t hidden = in * expand_ratio;
     if (expand_ratio != 1) {
-      expand_ = register_module("expand",
-                                ConvBnReLU6(in, hidden, 1, 1, 1, taps));
+      expand_ = register_module("expand", ConvBnReLU6(in, hidden, 1, 1, 1, taps));
     }
-    depthwise_ = register_module(
-        "depthwise", ConvBnReLU6(hidden, hidden, 3, stride, hidden, taps));
+    depthwise_ = register_module("depthwise", ConvBnReLU6(hidden, hidden, 3, stride, hidden, taps));
     project_ = register_module(
-        "project",
-        torch::nn::Conv2d(torch::nn::Conv2dOptions(hidden, out, 1).bias(false)));
+        "project", torch::nn::Conv2d(torch::nn::Conv2dOptions(hidden, out, 1).bias(false)));
     project_bn_ = register_module("project_bn", TappedBatchNorm2d(out));
     taps.Add(project_bn_);
   }
@@ -96,8 +91,7 @@ void InitWeights(torch::nn::Module& model) {
   torch::NoGradGuard no_grad;
   for (const auto& m : model.modules(/*include_self=*/false)) {
     if (auto* conv = m->as<torch::nn::Conv2dImpl>()) {
-      torch::nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut,
-                                       torch::kReLU);
+      torch::nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
       if (conv->bias.defined()) conv->bias.zero_();
     } else if (auto* bn = m->as<torch::nn::BatchNorm2dImpl>()) {
       bn->weight.fill_(1.0);
@@ -119,12 +113,11 @@ int64_t MakeDivisible(double v, int64_t divisor) {
   return rounded;
 }
 
-MobileNetV2Impl::MobileNetV2Impl(const MobileNetV2Options& options)
-    : options_(options) {
+MobileNetV2Impl::MobileNetV2Impl(const MobileNetV2Options& options) : options_(options) {
   const double w = options_.width_mult();
   if (!(w > 0.0)) {
-    throw std::invalid_argument(
-        "MobileNetV2Options.width_mult must be > 0, got " + std::to_string(w));
+    throw std::invalid_argument("MobileNetV2Options.width_mult must be > 0, got " +
+                                std::to_string(w));
   }
   int64_t in = MakeDivisible(32.0 * w, kRoundNearest);
   feature_dim_ = MakeDivisible(1280.0 * std::max(1.0, w), kRoundNearest);
@@ -132,20 +125,17 @@ MobileNetV2Impl::MobileNetV2Impl(const MobileNetV2Options& options)
   torch::nn::Sequential features;
   features->push_back(ConvBnReLU6(options_.in_channels(), in, 3, 2, 1, taps_));
   for (const StageSetting& s : kSettings) {
-    const int64_t out =
-        MakeDivisible(static_cast<double>(s.channels) * w, kRoundNearest);
+    const int64_t out = MakeDivisible(static_cast<double>(s.channels) * w, kRoundNearest);
     for (int64_t i = 0; i < s.blocks; ++i) {
-      features->push_back(InvertedResidual(in, out, i == 0 ? s.stride : 1,
-                                           s.expand_ratio, taps_));
+      features->push_back(InvertedResidual(in, out, i == 0 ? s.stride : 1, s.expand_ratio, taps_));
       in = out;
     }
   }
   features->push_back(ConvBnReLU6(in, feature_dim_, 1, 1, 1, taps_));
   features_ = register_module("features", features);
-  dropout_ = register_module(
-      "dropout", torch::nn::Dropout(torch::nn::DropoutOptions(kDropout)));
-  classifier_ = register_module(
-      "classifier", torch::nn::Linear(feature_dim_, options_.num_classes()));
+  dropout_ = register_module("dropout", torch::nn::Dropout(torch::nn::DropoutOptions(kDropout)));
+  classifier_ =
+      register_module("classifier", torch::nn::Linear(feature_dim_, options_.num_classes()));
   InitWeights(*this);
 }
 

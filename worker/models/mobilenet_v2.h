@@ -34,8 +34,7 @@ class MobileNetV2Impl : public ClassifierImpl {
 
   // features are the pooled 1280-d activations before the classifier's
   // Dropout (identical to the Linear's input in eval mode).
-  ClassifierOutput ForwardWithTaps(const torch::Tensor& x,
-                                   const TapRequest& request) override;
+  ClassifierOutput ForwardWithTaps(const torch::Tensor& x, const TapRequest& request) override;
   torch::Tensor Classify(const torch::Tensor& features) override;
   int64_t feature_dim() const override { return feature_dim_; }
   int64_t num_classes() const override { return options_.num_classes(); }

@@ -19,8 +19,8 @@ namespace {
 
 void CheckDepth(const ModelConfig& c, int64_t a, int64_t b) {
   if (c.depth != a && c.depth != b) {
-    Bad("depth", c.arch + " supports depth " + std::to_string(a) + " or " +
-                     std::to_string(b) + ", got " + std::to_string(c.depth));
+    Bad("depth", c.arch + " supports depth " + std::to_string(a) + " or " + std::to_string(b) +
+                     ", got " + std::to_string(c.depth));
   }
 }
 
@@ -44,39 +44,32 @@ Classifier MakeClassifier(const ModelConfig& c) {
   }
   if (c.arch == "wrn") {
     if (c.depth < 10 || (c.depth - 4) % 6 != 0) {
-      Bad("depth", "wrn needs depth = 6n + 4 (16, 40, ...), got " +
-                       std::to_string(c.depth));
+      Bad("depth", "wrn needs depth = 6n + 4 (16, 40, ...), got " + std::to_string(c.depth));
     }
     if (c.widen_factor < 1) {
-      Bad("widen_factor",
-          "must be >= 1, got " + std::to_string(c.widen_factor));
+      Bad("widen_factor", "must be >= 1, got " + std::to_string(c.widen_factor));
     }
     if (!(c.dropout >= 0.0 && c.dropout < 1.0)) {
       Bad("dropout", "must be in [0, 1), got " + std::to_string(c.dropout));
     }
     CheckCommon(c);
-    return std::make_shared<WideResNetImpl>(
-        WideResNetOptions(c.depth, c.num_classes)
-            .widen_factor(c.widen_factor)
-            .dropout(c.dropout)
-            .in_channels(c.in_channels));
+    return std::make_shared<WideResNetImpl>(WideResNetOptions(c.depth, c.num_classes)
+                                                .widen_factor(c.widen_factor)
+                                                .dropout(c.dropout)
+                                                .in_channels(c.in_channels));
   }
   if (c.arch == "vgg") {
     if (c.depth != 11) {
-      Bad("depth", "vgg supports depth 11 (VGG-11-BN), got " +
-                       std::to_string(c.depth));
+      Bad("depth", "vgg supports depth 11 (VGG-11-BN), got " + std::to_string(c.depth));
     }
     CheckCommon(c);
-    return std::make_shared<VggImpl>(
-        VggOptions(c.num_classes).in_channels(c.in_channels));
+    return std::make_shared<VggImpl>(VggOptions(c.num_classes).in_channels(c.in_channels));
   }
   if (c.arch == "resnet_imagenet") {
     CheckDepth(c, 18, 50);
     CheckCommon(c);
     return std::make_shared<ResNetImageNetImpl>(
-        ResNetImageNetOptions(c.depth)
-            .num_classes(c.num_classes)
-            .in_channels(c.in_channels));
+        ResNetImageNetOptions(c.depth).num_classes(c.num_classes).in_channels(c.in_channels));
   }
   if (c.arch == "mobilenet_v2") {
     if (!(c.width_mult > 0.0)) {

@@ -21,7 +21,7 @@ struct ModelConfig {
   double dropout = 0.0;      // wrn only
   int64_t num_classes = 0;
   int64_t in_channels = 3;
-  int64_t input_size = 32;   // height = width of the inputs; informational
+  int64_t input_size = 32;  // height = width of the inputs; informational
 };
 
 // Throws std::invalid_argument naming the offending field (arch, depth,

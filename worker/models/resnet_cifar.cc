@@ -16,8 +16,7 @@ torch::nn::Conv2d Conv3x3(int64_t in, int64_t out, int64_t stride) {
 // shortcut is the identity or Conv1x1 + BN when the shape changes.
 class BasicBlockImpl : public torch::nn::Module {
  public:
-  BasicBlockImpl(int64_t in_planes, int64_t planes, int64_t stride,
-                 TapList& taps) {
+  BasicBlockImpl(int64_t in_planes, int64_t planes, int64_t stride, TapList& taps) {
     conv1_ = register_module("conv1", Conv3x3(in_planes, planes, stride));
     bn1_ = register_module("bn1", TappedBatchNorm2d(planes));
     taps.Add(bn1_);
@@ -30,9 +29,8 @@ class BasicBlockImpl : public torch::nn::Module {
       shortcut_ = register_module(
           "shortcut",
           torch::nn::Sequential(
-              torch::nn::Conv2d(torch::nn::Conv2dOptions(in_planes, planes, 1)
-                                    .stride(stride)
-                                    .bias(false)),
+              torch::nn::Conv2d(
+                  torch::nn::Conv2dOptions(in_planes, planes, 1).stride(stride).bias(false)),
               bn));
     }
   }
@@ -54,8 +52,8 @@ class BasicBlockImpl : public torch::nn::Module {
 TORCH_MODULE(BasicBlock);
 
 // One stage; updates *in_planes to the stage's output width.
-torch::nn::Sequential MakeStage(int64_t* in_planes, int64_t planes,
-                                int64_t blocks, int64_t stride, TapList& taps) {
+torch::nn::Sequential MakeStage(int64_t* in_planes, int64_t planes, int64_t blocks, int64_t stride,
+                                TapList& taps) {
   torch::nn::Sequential stage;
   for (int64_t i = 0; i < blocks; ++i) {
     stage->push_back(BasicBlock(*in_planes, planes, i == 0 ? stride : 1, taps));
@@ -73,8 +71,7 @@ std::vector<int64_t> BlocksPerStage(int64_t depth) {
 
 }  // namespace
 
-ResNetCifarImpl::ResNetCifarImpl(const ResNetCifarOptions& options)
-    : options_(options) {
+ResNetCifarImpl::ResNetCifarImpl(const ResNetCifarOptions& options) : options_(options) {
   const std::vector<int64_t> blocks = BlocksPerStage(options_.depth());
   conv1_ = register_module("conv1", Conv3x3(options_.in_channels(), 64, 1));
   bn1_ = register_module("bn1", TappedBatchNorm2d(64));
@@ -84,8 +81,7 @@ ResNetCifarImpl::ResNetCifarImpl(const ResNetCifarOptions& options)
   layer2_ = register_module("layer2", MakeStage(&in_planes, 128, blocks[1], 2, taps_));
   layer3_ = register_module("layer3", MakeStage(&in_planes, 256, blocks[2], 2, taps_));
   layer4_ = register_module("layer4", MakeStage(&in_planes, 512, blocks[3], 2, taps_));
-  linear_ = register_module("linear",
-                            torch::nn::Linear(512, options_.num_classes()));
+  linear_ = register_module("linear", torch::nn::Linear(512, options_.num_classes()));
 }
 
 ClassifierOutput ResNetCifarImpl::ForwardWithTaps(const torch::Tensor& x,
@@ -103,8 +99,6 @@ ClassifierOutput ResNetCifarImpl::ForwardWithTaps(const torch::Tensor& x,
   });
 }
 
-torch::Tensor ResNetCifarImpl::Classify(const torch::Tensor& features) {
-  return linear_(features);
-}
+torch::Tensor ResNetCifarImpl::Classify(const torch::Tensor& features) { return linear_(features); }
 
 }  // namespace dfkd::worker

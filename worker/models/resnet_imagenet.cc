@@ -13,14 +13,12 @@ torch::nn::Conv2d Conv3x3(int64_t in, int64_t out, int64_t stride) {
 }
 
 torch::nn::Conv2d Conv1x1(int64_t in, int64_t out, int64_t stride) {
-  return torch::nn::Conv2d(
-      torch::nn::Conv2dOptions(in, out, 1).stride(stride).bias(false));
+  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 1).stride(stride).bias(false));
 }
 
 // Conv1x1 + BN projection when the block changes resolution or width; an
 // empty Sequential (identity) otherwise. Its BN runs last in the block.
-torch::nn::Sequential MakeDownsample(int64_t in, int64_t out, int64_t stride,
-                                     TapList& taps) {
+torch::nn::Sequential MakeDownsample(int64_t in, int64_t out, int64_t stride, TapList& taps) {
   if (stride == 1 && in == out) return torch::nn::Sequential(nullptr);
   TappedBatchNorm2d bn(out);
   taps.Add(bn);
@@ -30,8 +28,7 @@ torch::nn::Sequential MakeDownsample(int64_t in, int64_t out, int64_t stride,
 // torchvision BasicBlock (expansion 1).
 class BasicBlockImpl : public torch::nn::Module {
  public:
-  BasicBlockImpl(int64_t in_planes, int64_t planes, int64_t stride,
-                 TapList& taps) {
+  BasicBlockImpl(int64_t in_planes, int64_t planes, int64_t stride, TapList& taps) {
     conv1_ = register_module("conv1", Conv3x3(in_planes, planes, stride));
     bn1_ = register_module("bn1", TappedBatchNorm2d(planes));
     taps.Add(bn1_);
@@ -63,8 +60,7 @@ class BottleneckImpl : public torch::nn::Module {
  public:
   static constexpr int64_t kExpansion = 4;
 
-  BottleneckImpl(int64_t in_planes, int64_t planes, int64_t stride,
-                 TapList& taps) {
+  BottleneckImpl(int64_t in_planes, int64_t planes, int64_t stride, TapList& taps) {
     conv1_ = register_module("conv1", Conv1x1(in_planes, planes, 1));
     bn1_ = register_module("bn1", TappedBatchNorm2d(planes));
     taps.Add(bn1_);
@@ -74,8 +70,7 @@ class BottleneckImpl : public torch::nn::Module {
     conv3_ = register_module("conv3", Conv1x1(planes, planes * kExpansion, 1));
     bn3_ = register_module("bn3", TappedBatchNorm2d(planes * kExpansion));
     taps.Add(bn3_);
-    downsample_ =
-        MakeDownsample(in_planes, planes * kExpansion, stride, taps);
+    downsample_ = MakeDownsample(in_planes, planes * kExpansion, stride, taps);
     if (!downsample_.is_empty()) register_module("downsample", downsample_);
   }
 
@@ -99,9 +94,8 @@ class BottleneckImpl : public torch::nn::Module {
 TORCH_MODULE(Bottleneck);
 
 // One stage; updates *in_planes to the stage's output width.
-torch::nn::Sequential MakeStage(bool bottleneck, int64_t* in_planes,
-                                int64_t planes, int64_t blocks, int64_t stride,
-                                TapList& taps) {
+torch::nn::Sequential MakeStage(bool bottleneck, int64_t* in_planes, int64_t planes, int64_t blocks,
+                                int64_t stride, TapList& taps) {
   torch::nn::Sequential stage;
   for (int64_t i = 0; i < blocks; ++i) {
     const int64_t s = i == 0 ? stride : 1;
@@ -119,9 +113,8 @@ torch::nn::Sequential MakeStage(bool bottleneck, int64_t* in_planes,
 std::vector<int64_t> BlocksPerStage(int64_t depth) {
   if (depth == 18) return {2, 2, 2, 2};
   if (depth == 50) return {3, 4, 6, 3};
-  throw std::invalid_argument(
-      "ResNetImageNetOptions.depth must be 18 or 50, got " +
-      std::to_string(depth));
+  throw std::invalid_argument("ResNetImageNetOptions.depth must be 18 or 50, got " +
+                              std::to_string(depth));
 }
 
 // torchvision init: Kaiming-normal (fan-out, ReLU gain) convs, BN weight 1
@@ -130,8 +123,7 @@ void InitWeights(torch::nn::Module& model) {
   torch::NoGradGuard no_grad;
   for (const auto& m : model.modules(/*include_self=*/false)) {
     if (auto* conv = m->as<torch::nn::Conv2dImpl>()) {
-      torch::nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut,
-                                       torch::kReLU);
+      torch::nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
     } else if (auto* bn = m->as<torch::nn::BatchNorm2dImpl>()) {
       bn->weight.fill_(1.0);
       bn->bias.zero_();
@@ -141,30 +133,23 @@ void InitWeights(torch::nn::Module& model) {
 
 }  // namespace
 
-ResNetImageNetImpl::ResNetImageNetImpl(const ResNetImageNetOptions& options)
-    : options_(options) {
+ResNetImageNetImpl::ResNetImageNetImpl(const ResNetImageNetOptions& options) : options_(options) {
   const std::vector<int64_t> blocks = BlocksPerStage(options_.depth());
   const bool bottleneck = options_.depth() == 50;
-  conv1_ = register_module(
-      "conv1", torch::nn::Conv2d(
-                   torch::nn::Conv2dOptions(options_.in_channels(), 64, 7)
-                       .stride(2)
-                       .padding(3)
-                       .bias(false)));
+  conv1_ = register_module("conv1",
+                           torch::nn::Conv2d(torch::nn::Conv2dOptions(options_.in_channels(), 64, 7)
+                                                 .stride(2)
+                                                 .padding(3)
+                                                 .bias(false)));
   bn1_ = register_module("bn1", TappedBatchNorm2d(64));
   taps_.Add(bn1_);
   int64_t in_planes = 64;
-  layer1_ = register_module(
-      "layer1", MakeStage(bottleneck, &in_planes, 64, blocks[0], 1, taps_));
-  layer2_ = register_module(
-      "layer2", MakeStage(bottleneck, &in_planes, 128, blocks[1], 2, taps_));
-  layer3_ = register_module(
-      "layer3", MakeStage(bottleneck, &in_planes, 256, blocks[2], 2, taps_));
-  layer4_ = register_module(
-      "layer4", MakeStage(bottleneck, &in_planes, 512, blocks[3], 2, taps_));
+  layer1_ = register_module("layer1", MakeStage(bottleneck, &in_planes, 64, blocks[0], 1, taps_));
+  layer2_ = register_module("layer2", MakeStage(bottleneck, &in_planes, 128, blocks[1], 2, taps_));
+  layer3_ = register_module("layer3", MakeStage(bottleneck, &in_planes, 256, blocks[2], 2, taps_));
+  layer4_ = register_module("layer4", MakeStage(bottleneck, &in_planes, 512, blocks[3], 2, taps_));
   feature_dim_ = in_planes;
-  fc_ = register_module("fc",
-                        torch::nn::Linear(feature_dim_, options_.num_classes()));
+  fc_ = register_module("fc", torch::nn::Linear(feature_dim_, options_.num_classes()));
   InitWeights(*this);
 }
 
@@ -184,8 +169,6 @@ ClassifierOutput ResNetImageNetImpl::ForwardWithTaps(const torch::Tensor& x,
   });
 }
 
-torch::Tensor ResNetImageNetImpl::Classify(const torch::Tensor& features) {
-  return fc_(features);
-}
+torch::Tensor ResNetImageNetImpl::Classify(const torch::Tensor& features) { return fc_(features); }
 
 }  // namespace dfkd::worker

@@ -28,8 +28,7 @@ class ResNetImageNetImpl : public ClassifierImpl {
   // Throws std::invalid_argument for a depth other than 18 or 50.
   explicit ResNetImageNetImpl(const ResNetImageNetOptions& options);
 
-  ClassifierOutput ForwardWithTaps(const torch::Tensor& x,
-                                   const TapRequest& request) override;
+  ClassifierOutput ForwardWithTaps(const torch::Tensor& x, const TapRequest& request) override;
   torch::Tensor Classify(const torch::Tensor& features) override;
   int64_t feature_dim() const override { return feature_dim_; }
   int64_t num_classes() const override { return options_.num_classes(); }

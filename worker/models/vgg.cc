@@ -8,13 +8,13 @@ namespace {
 
 // Conv3x3 -> BN -> ReLU per width, without the final ReLU. Updates
 // *in_channels to the block's output width.
-torch::nn::Sequential MakeBlock(const std::vector<int64_t>& widths,
-                                int64_t* in_channels, TapList& taps) {
+torch::nn::Sequential MakeBlock(const std::vector<int64_t>& widths, int64_t* in_channels,
+                                TapList& taps) {
   torch::nn::Sequential block;
   for (size_t i = 0; i < widths.size(); ++i) {
     const int64_t width = widths[i];
-    block->push_back(torch::nn::Conv2d(
-        torch::nn::Conv2dOptions(*in_channels, width, 3).padding(1).bias(true)));
+    block->push_back(
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(*in_channels, width, 3).padding(1).bias(true)));
     TappedBatchNorm2d bn(width);
     taps.Add(bn);
     block->push_back(bn);
@@ -53,13 +53,11 @@ VggImpl::VggImpl(const VggOptions& options) : options_(options) {
   block2_ = register_module("block2", MakeBlock({256, 256}, &in_channels, taps_));
   block3_ = register_module("block3", MakeBlock({512, 512}, &in_channels, taps_));
   block4_ = register_module("block4", MakeBlock({512, 512}, &in_channels, taps_));
-  classifier_ = register_module(
-      "classifier", torch::nn::Linear(512, options_.num_classes()));
+  classifier_ = register_module("classifier", torch::nn::Linear(512, options_.num_classes()));
   InitWeights(*this);
 }
 
-ClassifierOutput VggImpl::ForwardWithTaps(const torch::Tensor& x,
-                                          const TapRequest& request) {
+ClassifierOutput VggImpl::ForwardWithTaps(const torch::Tensor& x, const TapRequest& request) {
   return RunWithTaps(taps_, request, [&] {
     // The reference pools after block 3 only for 64-pixel (Tiny-ImageNet)
     // inputs; CIFAR runs blocks 3 and 4 both at 4x4.
@@ -80,8 +78,6 @@ ClassifierOutput VggImpl::ForwardWithTaps(const torch::Tensor& x,
   });
 }
 
-torch::Tensor VggImpl::Classify(const torch::Tensor& features) {
-  return classifier_(features);
-}
+torch::Tensor VggImpl::Classify(const torch::Tensor& features) { return classifier_(features); }
 
 }  // namespace dfkd::worker

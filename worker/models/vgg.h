@@ -27,8 +27,7 @@ class VggImpl : public ClassifierImpl {
  public:
   explicit VggImpl(const VggOptions& options);
 
-  ClassifierOutput ForwardWithTaps(const torch::Tensor& x,
-                                   const TapRequest& request) override;
+  ClassifierOutput ForwardWithTaps(const torch::Tensor& x, const TapRequest& request) override;
   torch::Tensor Classify(const torch::Tensor& features) override;
   int64_t feature_dim() const override { return 512; }
   int64_t num_classes() const override { return options_.num_classes(); }

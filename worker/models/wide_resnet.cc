@@ -19,8 +19,8 @@ torch::nn::Conv2d Conv3x3(int64_t in, int64_t out, int64_t stride) {
 //   out = shortcut(a) + conv2(dropout(relu(bn2(conv1(a)))))
 class WideBlockImpl : public torch::nn::Module {
  public:
-  WideBlockImpl(int64_t in_planes, int64_t out_planes, int64_t stride,
-                double dropout, TapList& taps)
+  WideBlockImpl(int64_t in_planes, int64_t out_planes, int64_t stride, double dropout,
+                TapList& taps)
       : dropout_(dropout) {
     bn1_ = register_module("bn1", TappedBatchNorm2d(in_planes));
     taps.Add(bn1_);
@@ -33,9 +33,8 @@ class WideBlockImpl : public torch::nn::Module {
     if (in_planes != out_planes || stride != 1) {
       shortcut_ = register_module(
           "conv_shortcut",
-          torch::nn::Conv2d(torch::nn::Conv2dOptions(in_planes, out_planes, 1)
-                                .stride(stride)
-                                .bias(false)));
+          torch::nn::Conv2d(
+              torch::nn::Conv2dOptions(in_planes, out_planes, 1).stride(stride).bias(false)));
     }
   }
 
@@ -58,32 +57,28 @@ class WideBlockImpl : public torch::nn::Module {
 TORCH_MODULE(WideBlock);
 
 // One group of n blocks; the stride applies to the first block only.
-torch::nn::Sequential MakeGroup(int64_t in_planes, int64_t out_planes,
-                                int64_t n, int64_t stride, double dropout,
-                                TapList& taps) {
+torch::nn::Sequential MakeGroup(int64_t in_planes, int64_t out_planes, int64_t n, int64_t stride,
+                                double dropout, TapList& taps) {
   torch::nn::Sequential group;
   for (int64_t i = 0; i < n; ++i) {
-    group->push_back(WideBlock(i == 0 ? in_planes : out_planes, out_planes,
-                               i == 0 ? stride : 1, dropout, taps));
+    group->push_back(
+        WideBlock(i == 0 ? in_planes : out_planes, out_planes, i == 0 ? stride : 1, dropout, taps));
   }
   return group;
 }
 
 void Validate(const WideResNetOptions& o) {
   if (o.depth() < 10 || (o.depth() - 4) % 6 != 0) {
-    throw std::invalid_argument(
-        "WideResNetOptions.depth must be 6n + 4 with n >= 1, got " +
-        std::to_string(o.depth()));
+    throw std::invalid_argument("WideResNetOptions.depth must be 6n + 4 with n >= 1, got " +
+                                std::to_string(o.depth()));
   }
   if (o.widen_factor() < 1) {
-    throw std::invalid_argument(
-        "WideResNetOptions.widen_factor must be >= 1, got " +
-        std::to_string(o.widen_factor()));
+    throw std::invalid_argument("WideResNetOptions.widen_factor must be >= 1, got " +
+                                std::to_string(o.widen_factor()));
   }
   if (!(o.dropout() >= 0.0 && o.dropout() < 1.0)) {
-    throw std::invalid_argument(
-        "WideResNetOptions.dropout must be in [0, 1), got " +
-        std::to_string(o.dropout()));
+    throw std::invalid_argument("WideResNetOptions.dropout must be in [0, 1), got " +
+                                std::to_string(o.dropout()));
   }
 }
 
@@ -107,8 +102,7 @@ void InitWeights(torch::nn::Module& model) {
 
 }  // namespace
 
-WideResNetImpl::WideResNetImpl(const WideResNetOptions& options)
-    : options_(options) {
+WideResNetImpl::WideResNetImpl(const WideResNetOptions& options) : options_(options) {
   Validate(options_);
   const int64_t n = (options_.depth() - 4) / 6;
   const int64_t k = options_.widen_factor();
@@ -138,8 +132,6 @@ ClassifierOutput WideResNetImpl::ForwardWithTaps(const torch::Tensor& x,
   });
 }
 
-torch::Tensor WideResNetImpl::Classify(const torch::Tensor& features) {
-  return fc_(features);
-}
+torch::Tensor WideResNetImpl::Classify(const torch::Tensor& features) { return fc_(features); }
 
 }  // namespace dfkd::worker

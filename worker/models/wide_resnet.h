@@ -31,8 +31,7 @@ class WideResNetImpl : public ClassifierImpl {
   // widen_factor >= 1 and 0 <= dropout < 1.
   explicit WideResNetImpl(const WideResNetOptions& options);
 
-  ClassifierOutput ForwardWithTaps(const torch::Tensor& x,
-                                   const TapRequest& request) override;
+  ClassifierOutput ForwardWithTaps(const torch::Tensor& x, const TapRequest& request) override;
   torch::Tensor Classify(const torch::Tensor& features) override;
   int64_t feature_dim() const override { return 64 * options_.widen_factor(); }
   int64_t num_classes() const override { return options_.num_classes(); }
