@@ -12,16 +12,20 @@ out=$(mktemp)
 /usr/bin/python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-step = {(r["lang"], r["net"]): r for r in rows if r["bench"] == "train_step"}
-print("\n| net | C++ ms/step | Python ms/step | C++/Python time | target |")
-print("|---|---|---|---|---|")
+step = {(r["lang"], r["net"], r["layout"]): r for r in rows if r["bench"] == "train_step"}
+print("\nEngine (C++, channels-last, as dfkd trains) against Python as a user writes it (contiguous),")
+print("and both against the other layout for reference. ms per step, batch 128, 2 threads.")
+print("| net | C++ engine | Python | C++/Python | target | C++ contiguous | Python channels-last |")
+print("|---|---|---|---|---|---|---|")
 targets = {"resnet18": 1.0, "wrn16_1": 0.9, "wrn16_1_fmnist": None}
 for net, tgt in targets.items():
-    c, p = step.get(("cpp", net)), step.get(("python", net))
+    c, p = step.get(("cpp", net, "channels_last")), step.get(("python", net, "contiguous"))
+    c2, p2 = step.get(("cpp", net, "contiguous")), step.get(("python", net, "channels_last"))
     if c and p:
         ratio = c["median_ms"] / p["median_ms"]
         verdict = "" if tgt is None else ("<= %.1f ok" % tgt if ratio <= tgt else "> %.1f MISSED" % tgt)
-        print("| %s | %.1f | %.1f | %.2f | %s |" % (net, c["median_ms"], p["median_ms"], ratio, verdict))
+        print("| %s | %.1f | %.1f | %.2f | %s | %.1f | %.1f |" % (net, c["median_ms"], p["median_ms"], ratio,
+              verdict, c2["median_ms"], p2["median_ms"]))
 for r in rows:
     if r["bench"] == "loader":
         print("loader %-22s %8.0f images/s (batch 128, augment + normalise, %d threads)"

@@ -29,13 +29,16 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-void BenchStep(const std::string& name, ModelConfig cfg, int64_t batch, int steps) {
+void BenchStep(const std::string& name, ModelConfig cfg, int64_t batch, int steps,
+               bool channels_last) {
   torch::manual_seed(0);
   auto model = dfkd::worker::MakeClassifier(cfg);
+  if (channels_last) dfkd::worker::UseChannelsLast(*model);
   model->train();
   torch::optim::SGD opt(model->parameters(),
                         torch::optim::SGDOptions(0.1).momentum(0.9).weight_decay(5e-4));
   torch::Tensor x = torch::randn({batch, cfg.in_channels, cfg.input_size, cfg.input_size});
+  if (channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
   torch::Tensor y = torch::randint(cfg.num_classes, {batch}, torch::kInt64);
   std::vector<double> times;
   for (int i = 0; i < steps + 2; ++i) {
@@ -49,6 +52,7 @@ void BenchStep(const std::string& name, ModelConfig cfg, int64_t batch, int step
   }
   double med = Median(times);
   std::cout << nlohmann::json{{"bench", "train_step"}, {"lang", "cpp"}, {"net", name},
+                              {"layout", channels_last ? "channels_last" : "contiguous"},
                               {"batch", batch}, {"threads", at::get_num_threads()},
                               {"median_ms", med}, {"images_per_s", batch * 1000.0 / med}}
                    .dump()
@@ -91,9 +95,11 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   dfkd::worker::ConfigureRuntime(threads);
 
-  BenchStep("resnet18", {"resnet", 18, 1, 1.0, 0.0, 10, 3, 32}, 128, std::max(3, steps / 2));
-  BenchStep("wrn16_1", {"wrn", 16, 1, 1.0, 0.0, 10, 3, 32}, 128, steps * 2);
-  BenchStep("wrn16_1_fmnist", {"wrn", 16, 1, 1.0, 0.0, 10, 1, 28}, 128, steps * 2);
+  for (bool cl : {true, false}) {
+    BenchStep("resnet18", {"resnet", 18, 1, 1.0, 0.0, 10, 3, 32}, 128, std::max(3, steps / 2), cl);
+    BenchStep("wrn16_1", {"wrn", 16, 1, 1.0, 0.0, 10, 3, 32}, 128, steps * 2, cl);
+    BenchStep("wrn16_1_fmnist", {"wrn", 16, 1, 1.0, 0.0, 10, 1, 28}, 128, steps * 2, cl);
+  }
 
   torch::manual_seed(0);
   dfkd::worker::TensorDataset cifar_like(

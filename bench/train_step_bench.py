@@ -70,11 +70,15 @@ class Wrn16_1(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(o, 1), 1))
 
 
-def bench(name, model, shape, steps, batch=128):
+def bench(name, make, shape, steps, channels_last, batch=128):
     torch.manual_seed(0)
+    model = make()
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     x, y = torch.randn(batch, *shape), torch.randint(10, (batch,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     times = []
     for i in range(steps + 2):
         t0 = time.perf_counter()
@@ -86,6 +90,7 @@ def bench(name, model, shape, steps, batch=128):
             times.append((time.perf_counter() - t0) * 1000)
     med = sorted(times)[len(times) // 2]
     print(json.dumps({"bench": "train_step", "lang": "python", "net": name, "batch": batch,
+                      "layout": "channels_last" if channels_last else "contiguous",
                       "threads": torch.get_num_threads(), "median_ms": med,
                       "images_per_s": batch * 1000 / med,
                       "params": sum(p.numel() for p in model.parameters())}), flush=True)
@@ -95,6 +100,7 @@ if __name__ == "__main__":
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     torch.set_num_threads(threads)
-    bench("resnet18", ResNet18(), (3, 32, 32), max(3, steps // 2))
-    bench("wrn16_1", Wrn16_1(), (3, 32, 32), steps * 2)
-    bench("wrn16_1_fmnist", Wrn16_1(inc=1), (1, 28, 28), steps * 2)
+    for cl in (True, False):
+        bench("resnet18", ResNet18, (3, 32, 32), max(3, steps // 2), cl)
+        bench("wrn16_1", Wrn16_1, (3, 32, 32), steps * 2, cl)
+        bench("wrn16_1_fmnist", lambda: Wrn16_1(inc=1), (1, 28, 28), steps * 2, cl)

@@ -210,6 +210,7 @@ void ReadTrain(ObjectReader& r, TrainSpec* t) {
 void ReadRuntime(ObjectReader& r, RuntimeSpec* rt) {
   r.Int("threads", &rt->threads, 0, 1024);
   r.Enum("device", &rt->device, {"cpu", "cuda"});
+  r.Bool("channels_last", &rt->channels_last);
 }
 
 }  // namespace
@@ -309,7 +310,10 @@ json ToJson(const JobSpec& s) {
           {"gamma", o.gamma},
           {"eta_min", o.eta_min},
           {"warmup_steps", o.warmup_steps}}}}},
-      {"runtime", {{"threads", s.runtime.threads}, {"device", s.runtime.device}}},
+      {"runtime",
+       {{"threads", s.runtime.threads},
+        {"device", s.runtime.device},
+        {"channels_last", s.runtime.channels_last}}},
   };
 }
 

@@ -73,6 +73,7 @@ struct TrainSpec {
 struct RuntimeSpec {
   int64_t threads = 0;                 // 0 = one per core
   std::string device = "cpu";          // cpu | cuda
+  bool channels_last = true;           // NHWC weights and inputs (faster oneDNN convs)
 };
 
 struct JobSpec {

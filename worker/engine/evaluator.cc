@@ -5,7 +5,8 @@
 namespace dfkd::worker {
 
 EvalResult Evaluate(ClassifierImpl& model, const Dataset& data,
-                    const Normalization& norm, int64_t batch_size) {
+                    const Normalization& norm, int64_t batch_size,
+                    bool channels_last) {
   const bool was_training = model.is_training();
   model.eval();
   torch::NoGradGuard no_grad;
@@ -21,7 +22,10 @@ EvalResult Evaluate(ClassifierImpl& model, const Dataset& data,
   torch::Tensor total = torch::zeros({c}, torch::kInt64);
   double loss_sum = 0.0;
   while (auto batch = loader.Next()) {
-    torch::Tensor logits = model.forward(batch->images);
+    torch::Tensor x = channels_last
+                          ? batch->images.contiguous(torch::MemoryFormat::ChannelsLast)
+                          : batch->images;
+    torch::Tensor logits = model.forward(x);
     loss_sum += torch::cross_entropy_loss(logits, batch->labels, {},
                                           at::Reduction::Sum)
                     .item<double>();

@@ -20,7 +20,8 @@ struct EvalResult {
 // Runs `model` in eval mode without gradients over all of `data` (no
 // augmentation), then restores the model's previous train/eval mode.
 EvalResult Evaluate(ClassifierImpl& model, const Dataset& data,
-                    const Normalization& norm, int64_t batch_size);
+                    const Normalization& norm, int64_t batch_size,
+                    bool channels_last = false);
 
 }  // namespace dfkd::worker
 

@@ -64,6 +64,7 @@ RunOutcome SupervisedTrainer::Run(const RunControl& control) {
                                   .momentum(o.momentum)
                                   .weight_decay(o.weight_decay)
                                   .nesterov(o.nesterov));
+  if (spec_.runtime.channels_last) UseChannelsLast(*model_);
   TrainState state;
   state.spec_hash = common::CanonicalHash(spec_);
   bool resumed = !control.fresh &&
@@ -104,7 +105,8 @@ RunOutcome SupervisedTrainer::Run(const RunControl& control) {
   auto evaluate = [&](int64_t epoch) {
     if (root) {
       EvalResult ev = Evaluate(*model_, *data_.test, data_.norm,
-                               spec_.train.eval_batch_size);
+                               spec_.train.eval_batch_size,
+                               spec_.runtime.channels_last);
       if (ev.top1 > state.best_top1) {
         state.best_top1 = ev.top1;
         state.best_step = state.step;
@@ -136,6 +138,9 @@ RunOutcome SupervisedTrainer::Run(const RunControl& control) {
       const double lr = LearningRateAt(o, state.step, total);
       for (auto& group : optimizer.param_groups()) {
         static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
+      }
+      if (spec_.runtime.channels_last) {
+        batch->images = batch->images.contiguous(torch::MemoryFormat::ChannelsLast);
       }
       torch::Tensor logits = model_->forward(batch->images);
       torch::Tensor loss = torch::cross_entropy_loss(logits, batch->labels);
@@ -189,7 +194,8 @@ RunOutcome SupervisedTrainer::Run(const RunControl& control) {
   outcome.finished = true;
   if (root) {
     EvalResult final_eval =
-        Evaluate(*model_, *data_.test, data_.norm, spec_.train.eval_batch_size);
+        Evaluate(*model_, *data_.test, data_.norm, spec_.train.eval_batch_size,
+                               spec_.runtime.channels_last);
     SaveWeights((fs::path(out_dir_) / "model.pt").string(), *model_);
     outcome.result = {
         {"spec_hash", state.spec_hash},

@@ -103,4 +103,11 @@ std::string ModelName(const ModelConfig& c) {
   Bad("arch", "unknown architecture '" + c.arch + "'");
 }
 
+void UseChannelsLast(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters()) {
+    if (p.dim() == 4) p.set_data(p.data().contiguous(torch::MemoryFormat::ChannelsLast));
+  }
+}
+
 }  // namespace dfkd::worker

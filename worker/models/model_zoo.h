@@ -33,6 +33,13 @@ Classifier MakeClassifier(const ModelConfig& config);
 // std::invalid_argument for an unknown arch.
 std::string ModelName(const ModelConfig& config);
 
+// Stores every 4-D parameter of `module` in channels-last (NHWC)
+// layout. oneDNN then convolves without the NCHW <-> blocked reorders it
+// otherwise runs around every convolution: a WRN-16-1 training step on CPU is
+// ~25% faster. Feed inputs with x.contiguous(torch::MemoryFormat::ChannelsLast).
+// Values, names and checkpoints are unchanged; only strides differ.
+void UseChannelsLast(torch::nn::Module& module);
+
 }  // namespace dfkd::worker
 
 #endif  // DFKD_WORKER_MODELS_MODEL_ZOO_H_
