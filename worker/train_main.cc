@@ -25,8 +25,8 @@ constexpr int kExitDataError = 4;
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "dfkd-train: run one dfkd job spec (train_teacher, train_student_scratch) "
-      "on this machine, with no scheduler or database.\n\n"
+      "dfkd-train: run one dfkd job spec (train_teacher, train_student_scratch,\n"
+      "distill with or without KDCI) on this machine, with no scheduler or database.\n\n"
       "Writes OUT/checkpoint.pt (resume point), OUT/model.pt (final weights),\n"
       "OUT/metrics.jsonl (one line per evaluation) and OUT/result.json.\n"
       "Running the same command again resumes from the checkpoint; Ctrl-C or\n"
@@ -92,10 +92,17 @@ int main(int argc, char** argv) {
   dfkd::worker::JobStatus status = dfkd::worker::RunJob(spec, out_dir, control);
   switch (status.code) {
     case dfkd::worker::JobCode::kOk:
-      std::cout << "test top-1 " << status.result["test_top1"].get<double>()
-                << "% (best " << status.result["best_test_top1"].get<double>()
-                << "%) in " << status.result["train_seconds"].get<double>()
-                << " s; result " << out_dir << "/result.json\n";
+      std::cout << "test top-1 " << status.result["test_top1"].get<double>() << "% (best "
+                << status.result["best_test_top1"].get<double>() << "%)";
+      if (status.result.contains("test_top1_compensated")) {
+        std::cout << ", compensated " << status.result["test_top1_compensated"].get<double>()
+                  << "%";
+      }
+      if (status.result.contains("teacher_test_top1")) {
+        std::cout << ", teacher " << status.result["teacher_test_top1"].get<double>() << "%";
+      }
+      std::cout << " in " << status.result["train_seconds"].get<double>() << " s; result "
+                << out_dir << "/result.json\n";
       return kExitOk;
     case dfkd::worker::JobCode::kStopped:
       std::cerr << "dfkd-train: " << status.message << "; run the same command to resume\n";

@@ -207,6 +207,59 @@ void ReadTrain(ObjectReader& r, TrainSpec* t) {
   r.Object("optim", [&](ObjectReader& c) { ReadOptim(c, &t->optim); });
 }
 
+void ReadTeacher(ObjectReader& r, TeacherSpec* t) {
+  if (!r.Has("weights")) r.Error(r.Path("weights"), "required (model.pt of a train_teacher run)");
+  r.String("weights", &t->weights);
+  if (!r.Has("model")) r.Error(r.Path("model"), "required");
+  r.Object("model", [&](ObjectReader& c) { ReadModel(c, &t->model); });
+  r.Int("num_classes", &t->num_classes, 0, 100000);
+}
+
+void ReadDistill(ObjectReader& r, DistillSpec* d) {
+  if (!r.Has("teacher")) r.Error(r.Path("teacher"), "required");
+  r.Object("teacher", [&](ObjectReader& c) { ReadTeacher(c, &d->teacher); });
+  r.Enum("method", &d->method, {"noise"});
+  r.Number("temperature", &d->temperature, 1e-3, 1000.0);
+  r.Int("steps_per_epoch", &d->steps_per_epoch, 1, kBig);
+  r.Int("kd_steps", &d->kd_steps, 1, kBig);
+  r.Int("synthesis_batch_size", &d->synthesis_batch_size, 1, 1 << 16);
+  r.Number("noise_stddev", &d->noise_stddev, 0.0, 100.0);
+}
+
+void ReadKdci(ObjectReader& r, KdciSpec* k) {
+  r.Bool("enabled", &k->enabled);
+  if (const json* v = r.Get("num_prototypes")) {
+    if (!v->is_number_integer() || v->get<int64_t>() < 1) {
+      r.Error(r.Path("num_prototypes"), "must be >= 1");
+    } else {
+      k->num_prototypes = v->get<int64_t>();
+    }
+  }
+  r.Enum("feature_source", &k->feature_source, {"teacher", "other"});
+  r.Object("other_teacher", [&](ObjectReader& c) { ReadTeacher(c, &k->other_teacher); });
+  r.Enum("ablation", &k->ablation,
+         {"none", "random_lambda", "random_z", "no_prior", "other_z"});
+  r.Int("hidden", &k->hidden, 0, 1 << 16);
+  r.Bool("bias", &k->bias);
+  r.Bool("detach_query", &k->detach_query);
+  r.Enum("pca", &k->pca, {"variance", "fixed", "off"});
+  r.Number("pca_variance", &k->pca_variance, 1e-6, 1.0);
+  r.Int("pca_dim", &k->pca_dim, 0, 1 << 16);
+  r.Int("kmeans_max_iters", &k->kmeans_max_iters, 1, 100000);
+  r.Enum("rebuild", &k->rebuild, {"every_round", "every_step", "once"});
+  const bool other = k->feature_source == "other" || k->ablation == "other_z";
+  if (other && (k->feature_source != "other" || k->ablation != "other_z")) {
+    r.Error(r.Path("ablation"),
+            "other_z and feature_source \"other\" go together (Table 5's other Z)");
+  }
+  if (other && k->other_teacher.weights.empty()) {
+    r.Error(r.Path("other_teacher"), "required for feature_source \"other\"");
+  }
+  if (k->pca == "fixed" && k->pca_dim < 1) {
+    r.Error(r.Path("pca_dim"), "must be >= 1 for pca \"fixed\"");
+  }
+}
+
 void ReadRuntime(ObjectReader& r, RuntimeSpec* rt) {
   r.Int("threads", &rt->threads, 0, 1024);
   r.Enum("device", &rt->device, {"cpu", "cuda"});
@@ -246,10 +299,7 @@ SpecParseResult ParseJobSpec(const json& j) {
     if (!r.Has("kind")) r.Error("kind", "required");
     r.Enum("kind", &kind, {"train_teacher", "train_student_scratch", "distill"});
     if (kind == "train_student_scratch") spec.kind = JobKind::kTrainStudentScratch;
-    if (kind == "distill") {
-      spec.kind = JobKind::kDistill;
-      r.Error("kind", "distill is not supported by this build yet");
-    }
+    if (kind == "distill") spec.kind = JobKind::kDistill;
     r.String("name", &spec.name);
     r.Int("seed", &spec.seed, 0, kBig);
     r.Object("data", [&](ObjectReader& c) { ReadData(c, &spec.data); });
@@ -257,6 +307,16 @@ SpecParseResult ParseJobSpec(const json& j) {
     r.Object("model", [&](ObjectReader& c) { ReadModel(c, &spec.model); });
     r.Object("train", [&](ObjectReader& c) { ReadTrain(c, &spec.train); });
     r.Object("runtime", [&](ObjectReader& c) { ReadRuntime(c, &spec.runtime); });
+    if (spec.kind == JobKind::kDistill) {
+      if (!r.Has("distill")) r.Error("distill", "required for kind distill");
+      r.Object("distill", [&](ObjectReader& c) { ReadDistill(c, &spec.distill); });
+      r.Object("kdci", [&](ObjectReader& c) { ReadKdci(c, &spec.kdci); });
+    } else {
+      if (r.Has("distill")) r.Error("distill", "only for kind distill");
+      if (r.Has("kdci")) r.Error("kdci", "only for kind distill");
+      r.Get("distill");
+      r.Get("kdci");
+    }
   }  // the reader's destructor reports unknown top-level fields
   if (result.errors.empty()) result.spec = spec;
   return result;
@@ -271,9 +331,22 @@ SpecParseResult LoadJobSpecFile(const std::string& path) {
   return ParseJobSpec(j);
 }
 
+namespace {
+json ModelJson(const ModelSpec& m) {
+  return {{"arch", m.arch},
+          {"depth", m.depth},
+          {"widen_factor", m.widen_factor},
+          {"width_mult", m.width_mult},
+          {"dropout", m.dropout}};
+}
+json TeacherJson(const TeacherSpec& t) {
+  return {{"weights", t.weights}, {"model", ModelJson(t.model)}, {"num_classes", t.num_classes}};
+}
+}  // namespace
+
 json ToJson(const JobSpec& s) {
   const OptimSpec& o = s.train.optim;
-  return json{
+  json j = json{
       {"version", s.version},
       {"kind", JobKindName(s.kind)},
       {"name", s.name},
@@ -287,12 +360,7 @@ json ToJson(const JobSpec& s) {
         {"image_size", s.data.image_size},
         {"train_limit", s.data.train_limit},
         {"test_limit", s.data.test_limit}}},
-      {"model",
-       {{"arch", s.model.arch},
-        {"depth", s.model.depth},
-        {"widen_factor", s.model.widen_factor},
-        {"width_mult", s.model.width_mult},
-        {"dropout", s.model.dropout}}},
+      {"model", ModelJson(s.model)},
       {"train",
        {{"epochs", s.train.epochs},
         {"max_steps", s.train.max_steps},
@@ -315,6 +383,31 @@ json ToJson(const JobSpec& s) {
         {"device", s.runtime.device},
         {"channels_last", s.runtime.channels_last}}},
   };
+  if (s.kind == JobKind::kDistill) {
+    const DistillSpec& d = s.distill;
+    const KdciSpec& k = s.kdci;
+    j["distill"] = {{"teacher", TeacherJson(d.teacher)},
+                    {"method", d.method},
+                    {"temperature", d.temperature},
+                    {"steps_per_epoch", d.steps_per_epoch},
+                    {"kd_steps", d.kd_steps},
+                    {"synthesis_batch_size", d.synthesis_batch_size},
+                    {"noise_stddev", d.noise_stddev}};
+    j["kdci"] = {{"enabled", k.enabled},
+                 {"num_prototypes", k.num_prototypes},
+                 {"feature_source", k.feature_source},
+                 {"ablation", k.ablation},
+                 {"hidden", k.hidden},
+                 {"bias", k.bias},
+                 {"detach_query", k.detach_query},
+                 {"pca", k.pca},
+                 {"pca_variance", k.pca_variance},
+                 {"pca_dim", k.pca_dim},
+                 {"kmeans_max_iters", k.kmeans_max_iters},
+                 {"rebuild", k.rebuild}};
+    if (!k.other_teacher.weights.empty()) j["kdci"]["other_teacher"] = TeacherJson(k.other_teacher);
+  }
+  return j;
 }
 
 std::string CanonicalHash(const JobSpec& spec) {

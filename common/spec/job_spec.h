@@ -76,6 +76,43 @@ struct RuntimeSpec {
   bool channels_last = true;           // NHWC weights and inputs (faster oneDNN convs)
 };
 
+// A trained network to load: architecture plus a weights file (model.pt of a
+// train_teacher run).
+struct TeacherSpec {
+  std::string weights;
+  ModelSpec model;
+  int64_t num_classes = 0;     // 0 = the task's; set for another data set's teacher
+};
+
+// kind distill: a student learns from `teacher` without its training data.
+struct DistillSpec {
+  TeacherSpec teacher;
+  std::string method = "noise";        // noise (later: dafl, deepinv, fast, cmi, mosaickd, dfnd)
+  double temperature = 20.0;           // KD temperature (the references' CIFAR value)
+  int64_t steps_per_epoch = 400;       // student steps between evaluations
+  int64_t kd_steps = 400;              // student steps per synthesis round
+  int64_t synthesis_batch_size = 256;
+  double noise_stddev = 1.0;           // method noise
+};
+
+// KDCI on top of the distill method (dfkd-methods.md §1; defaults §1.7).
+struct KdciSpec {
+  bool enabled = false;
+  int64_t num_prototypes = 0;          // N; 0 = the paper's rule for the method
+  std::string feature_source = "teacher";   // teacher | other (Table 5 "other Z")
+  TeacherSpec other_teacher;           // feature_source "other"
+  // none | random_lambda | random_z | no_prior | other_z (Tables 4-5)
+  std::string ablation = "none";
+  int64_t hidden = 0;                  // d_n; 0 = d (the paper's shapes)
+  bool bias = false;
+  bool detach_query = false;
+  std::string pca = "variance";        // variance | fixed | off
+  double pca_variance = 0.95;
+  int64_t pca_dim = 0;
+  int64_t kmeans_max_iters = 300;
+  std::string rebuild = "every_round"; // every_round | every_step | once
+};
+
 struct JobSpec {
   int version = kJobSpecVersion;
   JobKind kind = JobKind::kTrainTeacher;
@@ -85,6 +122,8 @@ struct JobSpec {
   ModelSpec model;
   TrainSpec train;
   RuntimeSpec runtime;
+  DistillSpec distill;                 // kind distill only
+  KdciSpec kdci;                       // kind distill only
 };
 
 struct SpecError {

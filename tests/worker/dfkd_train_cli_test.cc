@@ -1,7 +1,9 @@
 // dfkd-train as a user meets it: a bad spec is refused before any work with
 // the field at fault, an instant spec runs to a result, a rerun resumes.
+#include <signal.h>
 #include <stdio.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -90,6 +92,66 @@ TEST(DfkdTrainCliTest, InstantSpecRunsThenResumesAsDone) {
   ExecResult other = Exec(Binary() + " -q " + spec + " -o " + dir.File("out"));
   EXPECT_EQ(other.code, 1) << other.output;
   EXPECT_NE(other.output.find("belongs to spec"), std::string::npos) << other.output;
+}
+
+// Starts dfkd-train with stdout+stderr on a pipe, reads until a line
+// containing `wait_for` appears, sends `sig`, and returns the exit code and
+// everything printed. Event-driven: no sleeps.
+ExecResult RunUntilThenSignal(const std::vector<std::string>& args,
+                              const std::string& wait_for, int sig) {
+  int fds[2];
+  if (pipe(fds) != 0) return {-1, "pipe failed"};
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], 1);
+    dup2(fds[1], 2);
+    close(fds[0]);
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  ExecResult r{-1, ""};
+  bool signalled = false;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof buf)) > 0) {
+    r.output.append(buf, n);
+    if (!signalled && r.output.find(wait_for) != std::string::npos) {
+      kill(pid, sig);
+      signalled = true;
+    }
+  }
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+TEST(DfkdTrainCliTest, SigtermCheckpointsAndTheSameCommandResumes) {
+  if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  dfkd::testing::TempDir dir;
+  // 16 steps an epoch, 100 epochs: far longer than the test lets it run.
+  std::ofstream(dir.File("long.json"))
+      << R"({"version": 1, "kind": "train_teacher", "model": {"arch": "wrn"},
+            "data": {"dataset": "fashion_mnist", "train_limit": 512, "test_limit": 64},
+            "train": {"epochs": 100, "batch_size": 32, "checkpoint_every_steps": 100000}})";
+  std::vector<std::string> cmd = {Binary(), dir.File("long.json"), "-o", dir.File("out")};
+  ExecResult first = RunUntilThenSignal(cmd, "/1600", SIGTERM);
+  ASSERT_EQ(first.code, 3) << first.output;
+  EXPECT_NE(first.output.find("run the same command to resume"), std::string::npos)
+      << first.output;
+  EXPECT_TRUE(std::filesystem::exists(dir.File("out/checkpoint.pt")));
+  EXPECT_FALSE(std::filesystem::exists(dir.File("out/result.json")));
+  ExecResult second = RunUntilThenSignal(cmd, "resumed from", SIGINT);
+  ASSERT_EQ(second.code, 3) << second.output;
+  EXPECT_NE(second.output.find("resumed from " + dir.File("out/checkpoint.pt") + " at step"),
+            std::string::npos)
+      << second.output;
+  EXPECT_EQ(second.output.find("at step 0/"), std::string::npos) << second.output;
 }
 
 }  // namespace

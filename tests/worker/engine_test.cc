@@ -13,9 +13,10 @@
 #include "worker/data/transforms.h"
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/evaluator.h"
-#include "worker/engine/losses.h"
+#include "worker/methods/losses.h"
 #include "worker/engine/lr_schedule.h"
-#include "worker/engine/supervised_trainer.h"
+#include "worker/engine/supervised_source.h"
+#include "worker/engine/trainer.h"
 #include "worker/models/model_zoo.h"
 
 namespace dfkd::worker {
@@ -251,6 +252,12 @@ class TrainerTest : public ::testing::Test {
     d.image_shape = {1, 16, 16};
     return d;
   }
+  RunOutcome Train(const common::JobSpec& s, Classifier model, const JobData& d,
+                   const std::string& dir, const RunControl& control) {
+    LocalCommunicator comm;
+    SupervisedSource source(s, model, d, comm);
+    return Trainer(s, model, d, comm, source, dir).Run(control);
+  }
   Classifier Model(const JobData& d, const common::JobSpec& s) {
     torch::manual_seed(s.seed);
     return MakeClassifier(ModelConfigFor(s.model, d));
@@ -266,7 +273,8 @@ TEST_F(TrainerTest, ResumedRunEqualsUninterruptedRun) {
   quiet.quiet = true;
 
   Classifier a = Model(data, spec);
-  SupervisedTrainer ta(spec, a, data, comm, dir_.File("a"));
+  SupervisedSource sa(spec, a, data, comm);
+  Trainer ta(spec, a, data, comm, sa, dir_.File("a"));
   ASSERT_EQ(ta.total_steps(), 12);
   RunOutcome full = ta.Run(quiet);
   ASSERT_TRUE(full.finished);
@@ -277,13 +285,13 @@ TEST_F(TrainerTest, ResumedRunEqualsUninterruptedRun) {
   RunControl stop_early = quiet;
   stop_early.stop_at_step = 5;
   Classifier b1 = Model(data, spec);
-  RunOutcome part = SupervisedTrainer(spec, b1, data, comm, dir_.File("b")).Run(stop_early);
+  RunOutcome part = Train(spec, b1, data, dir_.File("b"), stop_early);
   EXPECT_FALSE(part.finished);
   EXPECT_EQ(part.step, 5);
   EXPECT_FALSE(std::filesystem::exists(dir_.File("b/result.json")));
   torch::manual_seed(999);  // a different init must not matter after loading
   Classifier b2 = MakeClassifier(ModelConfigFor(spec.model, data));
-  RunOutcome rest = SupervisedTrainer(spec, b2, data, comm, dir_.File("b")).Run(quiet);
+  RunOutcome rest = Train(spec, b2, data, dir_.File("b"), quiet);
   ASSERT_TRUE(rest.finished);
 
   auto pa = a->named_parameters(), pb = b2->named_parameters();
@@ -308,7 +316,7 @@ TEST_F(TrainerTest, LearnsAnEasyTaskAndWritesResult) {
   LocalCommunicator comm;
   RunControl quiet;
   quiet.quiet = true;
-  RunOutcome out = SupervisedTrainer(spec, Model(data, spec), data, comm, dir_.File("r")).Run(quiet);
+  RunOutcome out = Train(spec, Model(data, spec), data, dir_.File("r"), quiet);
   ASSERT_TRUE(out.finished);
   EXPECT_GT(out.result["test_top1"].get<double>(), 50.0);  // chance is 25%
   std::ifstream in(dir_.File("r/result.json"));
@@ -328,12 +336,11 @@ TEST_F(TrainerTest, CheckpointOfAnotherSpecIsRefused) {
   RunControl stop;
   stop.quiet = true;
   stop.stop_at_step = 2;
-  SupervisedTrainer(spec, Model(data, spec), data, comm, dir_.File("c")).Run(stop);
+  Train(spec, Model(data, spec), data, dir_.File("c"), stop);
   common::JobSpec other = spec;
   other.train.optim.lr = 0.01;
-  SupervisedTrainer t(other, Model(data, other), data, comm, dir_.File("c"));
   try {
-    t.Run(stop);
+    Train(other, Model(data, other), data, dir_.File("c"), stop);
     FAIL() << "expected a refusal";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("belongs to spec"), std::string::npos) << e.what();

@@ -27,12 +27,17 @@ std::string TensorString(const torch::Tensor& t) {
 }  // namespace
 
 void SaveCheckpoint(const std::string& path, torch::nn::Module& model,
-                    torch::optim::Optimizer& optimizer, const TrainState& state) {
-  torch::serialize::OutputArchive root, m, o;
+                    torch::optim::Optimizer& optimizer, const TrainState& state,
+                    const SaveExtraFn& save_extra) {
+  torch::serialize::OutputArchive root, m, o, extra;
   model.save(m);
   optimizer.save(o);
   root.write("model", m);
   root.write("optimizer", o);
+  if (save_extra) {
+    save_extra(extra);
+    root.write("extra", extra);
+  }
   root.write("step", torch::tensor(state.step));
   root.write("best_top1", torch::tensor(state.best_top1, torch::kFloat64));
   root.write("best_step", torch::tensor(state.best_step));
@@ -42,9 +47,10 @@ void SaveCheckpoint(const std::string& path, torch::nn::Module& model,
 }
 
 bool LoadCheckpoint(const std::string& path, torch::nn::Module& model,
-                    torch::optim::Optimizer& optimizer, TrainState* state) {
+                    torch::optim::Optimizer& optimizer, TrainState* state,
+                    const LoadExtraFn& load_extra) {
   if (!std::filesystem::exists(path)) return false;
-  torch::serialize::InputArchive root, m, o;
+  torch::serialize::InputArchive root, m, o, extra;
   try {
     root.load_from(path);
   } catch (const c10::Error& e) {
@@ -63,6 +69,10 @@ bool LoadCheckpoint(const std::string& path, torch::nn::Module& model,
   root.read("optimizer", o);
   model.load(m);
   optimizer.load(o);
+  if (load_extra) {
+    root.read("extra", extra);
+    load_extra(extra);
+  }
   root.read("step", t);
   state->step = t.item<int64_t>();
   root.read("best_top1", t);

@@ -8,6 +8,7 @@
 #ifndef DFKD_WORKER_ENGINE_CHECKPOINT_H_
 #define DFKD_WORKER_ENGINE_CHECKPOINT_H_
 
+#include <functional>
 #include <string>
 
 #include <torch/torch.h>
@@ -22,13 +23,20 @@ struct TrainState {
   std::string spec_hash;
 };
 
+// `save_extra` / `load_extra` write and read the state of whatever else the run
+// keeps (a DFKD method's generator, pool, dictionary) in a nested archive.
+using SaveExtraFn = std::function<void(torch::serialize::OutputArchive&)>;
+using LoadExtraFn = std::function<void(torch::serialize::InputArchive&)>;
+
 void SaveCheckpoint(const std::string& path, torch::nn::Module& model,
-                    torch::optim::Optimizer& optimizer, const TrainState& state);
+                    torch::optim::Optimizer& optimizer, const TrainState& state,
+                    const SaveExtraFn& save_extra = nullptr);
 
 // Returns false when `path` does not exist. Throws std::runtime_error when the
 // file is unreadable or was written under another spec hash.
 bool LoadCheckpoint(const std::string& path, torch::nn::Module& model,
-                    torch::optim::Optimizer& optimizer, TrainState* state);
+                    torch::optim::Optimizer& optimizer, TrainState* state,
+                    const LoadExtraFn& load_extra = nullptr);
 
 // Weights only (parameters and buffers): what a teacher hands to distillation.
 void SaveWeights(const std::string& path, torch::nn::Module& model);

@@ -6,7 +6,8 @@ namespace dfkd::worker {
 
 EvalResult Evaluate(ClassifierImpl& model, const Dataset& data,
                     const Normalization& norm, int64_t batch_size,
-                    bool channels_last) {
+                    bool channels_last,
+                    const std::function<torch::Tensor(const torch::Tensor&)>* compensate) {
   const bool was_training = model.is_training();
   model.eval();
   torch::NoGradGuard no_grad;
@@ -21,6 +22,8 @@ EvalResult Evaluate(ClassifierImpl& model, const Dataset& data,
   torch::Tensor correct = torch::zeros({c}, torch::kInt64);
   torch::Tensor total = torch::zeros({c}, torch::kInt64);
   double loss_sum = 0.0;
+  int64_t compensated_correct = 0;
+  bool has_compensated = false;
   while (auto batch = loader.Next()) {
     torch::Tensor x = channels_last
                           ? batch->images.contiguous(torch::MemoryFormat::ChannelsLast)
@@ -29,6 +32,13 @@ EvalResult Evaluate(ClassifierImpl& model, const Dataset& data,
     loss_sum += torch::cross_entropy_loss(logits, batch->labels, {},
                                           at::Reduction::Sum)
                     .item<double>();
+    if (compensate != nullptr) {
+      torch::Tensor adjusted = (*compensate)(logits);
+      if (adjusted.defined()) {
+        has_compensated = true;
+        compensated_correct += adjusted.argmax(1).eq(batch->labels).sum().item<int64_t>();
+      }
+    }
     torch::Tensor hit = logits.argmax(1).eq(batch->labels).to(torch::kInt64);
     total.index_add_(0, batch->labels, torch::ones_like(batch->labels));
     correct.index_add_(0, batch->labels, hit);
@@ -38,6 +48,7 @@ EvalResult Evaluate(ClassifierImpl& model, const Dataset& data,
   r.samples = total.sum().item<int64_t>();
   r.top1 = r.samples ? 100.0 * correct.sum().item<int64_t>() / r.samples : 0.0;
   r.loss = r.samples ? loss_sum / r.samples : 0.0;
+  if (has_compensated && r.samples) r.compensated_top1 = 100.0 * compensated_correct / r.samples;
   for (int64_t k = 0; k < c; ++k) {
     int64_t n = total[k].item<int64_t>();
     r.per_class.push_back(n ? 100.0 * correct[k].item<int64_t>() / n : 0.0);

@@ -2,6 +2,7 @@
 #ifndef DFKD_WORKER_ENGINE_EVALUATOR_H_
 #define DFKD_WORKER_ENGINE_EVALUATOR_H_
 
+#include <functional>
 #include <vector>
 
 #include "worker/data/dataset.h"
@@ -14,6 +15,7 @@ struct EvalResult {
   double top1 = 0.0;                // percent
   double loss = 0.0;                // mean cross-entropy
   std::vector<double> per_class;    // percent per class (0 for an absent class)
+  double compensated_top1 = -1.0;   // top-1 of compensate(logits); -1 if none
   int64_t samples = 0;
 };
 
@@ -21,7 +23,9 @@ struct EvalResult {
 // augmentation), then restores the model's previous train/eval mode.
 EvalResult Evaluate(ClassifierImpl& model, const Dataset& data,
                     const Normalization& norm, int64_t batch_size,
-                    bool channels_last = false);
+                    bool channels_last = false,
+                    const std::function<torch::Tensor(const torch::Tensor&)>* compensate =
+                        nullptr);
 
 }  // namespace dfkd::worker
 

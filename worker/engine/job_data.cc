@@ -16,18 +16,18 @@ std::unique_ptr<Dataset> Limit(TensorDataset d, int64_t limit) {
 
 }  // namespace
 
-JobData LoadJobData(const common::DataSpec& spec) {
+JobData LoadJobData(const common::DataSpec& spec, bool need_train) {
   JobData out;
   const std::string& ds = spec.dataset;
   if (ds == "fashion_mnist") {
     std::string root = spec.root.empty() ? kFashionMnistDefaultRoot : spec.root;
-    out.train = Limit(LoadFashionMnist(root, /*train=*/true), spec.train_limit);
+    if (need_train) out.train = Limit(LoadFashionMnist(root, /*train=*/true), spec.train_limit);
     out.test = Limit(LoadFashionMnist(root, /*train=*/false), spec.test_limit);
     out.norm = NormalizationFor(ds);
     out.crop_padding = 2;
   } else if (ds == "cifar10" || ds == "cifar100") {
     auto load = ds == "cifar10" ? LoadCifar10 : LoadCifar100;
-    out.train = Limit(load(spec.root, true), spec.train_limit);
+    if (need_train) out.train = Limit(load(spec.root, true), spec.train_limit);
     out.test = Limit(load(spec.root, false), spec.test_limit);
     out.norm = NormalizationFor(ds);
     out.crop_padding = 4;
@@ -44,7 +44,7 @@ JobData LoadJobData(const common::DataSpec& spec) {
       test = std::make_unique<ImageFolderDataset>((root / "val").string(),
                                                   spec.image_size);
     }
-    out.train = std::move(train);
+    if (need_train) out.train = std::move(train);
     out.test = std::move(test);
     out.norm = NormalizationFor(spec.image_size == 64 ? "tiny_imagenet" : "imagenet");
     out.crop_padding = spec.image_size <= 64 ? 4 : 0;
@@ -52,8 +52,10 @@ JobData LoadJobData(const common::DataSpec& spec) {
     throw DataError("data.dataset: unknown data set '" + ds + "'");
   }
   if (spec.crop_padding >= 0) out.crop_padding = spec.crop_padding;
-  out.num_classes = out.train->num_classes();
-  out.image_shape = out.train->image_shape();
+  // The test split declares the task (classes, shape) even when no training
+  // data is read.
+  out.num_classes = out.test->num_classes();
+  out.image_shape = out.test->image_shape();
   return out;
 }
 

@@ -14,7 +14,7 @@
 namespace dfkd::worker {
 
 struct JobData {
-  std::unique_ptr<Dataset> train;
+  std::unique_ptr<Dataset> train;     // null when not needed (distill)
   std::unique_ptr<Dataset> test;
   Normalization norm;
   int64_t crop_padding = 4;           // resolved from the spec's -1 default
@@ -22,8 +22,9 @@ struct JobData {
   std::vector<int64_t> image_shape;   // {C, H, W}
 };
 
-// Reads the train and test splits. Throws DataError naming the file at fault.
-JobData LoadJobData(const common::DataSpec& spec);
+// Reads the test split and, when `need_train`, the training split (a
+// data-free distillation never reads it). Throws DataError naming the file.
+JobData LoadJobData(const common::DataSpec& spec, bool need_train = true);
 
 // The network the spec asks for, shaped for the data (channels, classes, size).
 ModelConfig ModelConfigFor(const common::ModelSpec& spec, const JobData& data);

@@ -3,10 +3,75 @@
 #include <exception>
 
 #include "worker/data/dataset.h"
+#include "worker/engine/checkpoint.h"
+#include "worker/engine/distill_source.h"
+#include "worker/engine/evaluator.h"
 #include "worker/engine/job_data.h"
+#include "worker/engine/method_factory.h"
+#include "worker/engine/supervised_source.h"
+#include "worker/engine/trainer.h"
 #include "worker/models/model_zoo.h"
 
 namespace dfkd::worker {
+namespace {
+
+// A frozen, trained network from a TeacherSpec. `field` names the spec
+// section for errors ("distill.teacher").
+Classifier LoadTeacher(const common::TeacherSpec& t, const JobData& data,
+                       const std::string& field, bool channels_last) {
+  ModelConfig cfg = ModelConfigFor(t.model, data);
+  if (t.num_classes > 0) cfg.num_classes = t.num_classes;
+  Classifier model = MakeClassifier(cfg);
+  try {
+    LoadWeights(t.weights, *model);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(field + ".weights: cannot load " + t.weights + " into " +
+                             ModelName(cfg) + ": " + e.what());
+  }
+  model->eval();
+  if (channels_last) UseChannelsLast(*model);
+  return model;
+}
+
+JobStatus Distill(const common::JobSpec& spec, const std::string& out_dir,
+                  const RunControl& control, Communicator& comm) {
+  JobData data = LoadJobData(spec.data, /*need_train=*/false);
+  const bool cl = spec.runtime.channels_last;
+  Classifier teacher = LoadTeacher(spec.distill.teacher, data, "distill.teacher", cl);
+  Classifier other;
+  if (spec.kdci.enabled && spec.kdci.feature_source == "other") {
+    other = LoadTeacher(spec.kdci.other_teacher, data, "kdci.other_teacher", cl);
+  }
+  EvalResult teacher_eval = Evaluate(*teacher, *data.test, data.norm,
+                                     spec.train.eval_batch_size, cl);
+  torch::manual_seed(spec.seed);
+  Classifier student = MakeClassifier(ModelConfigFor(spec.model, data));
+  if (cl) UseChannelsLast(*student);
+  MethodDeps deps{teacher, student, data.image_shape, data.num_classes};
+  DistillSource source(spec, teacher, student, MakeMethod(spec, deps, other), comm);
+  RunOutcome outcome = Trainer(spec, student, data, comm, source, out_dir).Run(control);
+  JobStatus status;
+  status.code = outcome.finished ? JobCode::kOk : JobCode::kStopped;
+  status.result = outcome.result;
+  if (outcome.finished) status.result["teacher_test_top1"] = teacher_eval.top1;
+  return status;
+}
+
+JobStatus Supervised(const common::JobSpec& spec, const std::string& out_dir,
+                     const RunControl& control, Communicator& comm) {
+  JobData data = LoadJobData(spec.data, /*need_train=*/true);
+  torch::manual_seed(spec.seed);  // the same initial weights for the same seed
+  Classifier model = MakeClassifier(ModelConfigFor(spec.model, data));
+  if (spec.runtime.channels_last) UseChannelsLast(*model);
+  SupervisedSource source(spec, model, data, comm);
+  RunOutcome outcome = Trainer(spec, model, data, comm, source, out_dir).Run(control);
+  JobStatus status;
+  status.code = outcome.finished ? JobCode::kOk : JobCode::kStopped;
+  status.result = outcome.result;
+  return status;
+}
+
+}  // namespace
 
 JobStatus RunJob(const common::JobSpec& spec, const std::string& out_dir,
                  const RunControl& control, Communicator* comm) {
@@ -18,16 +83,9 @@ JobStatus RunJob(const common::JobSpec& spec, const std::string& out_dir,
       throw std::runtime_error("runtime.device: '" + spec.runtime.device +
                                "' is not available in this build (CPU LibTorch)");
     }
-    JobData data = LoadJobData(spec.data);
-    torch::manual_seed(spec.seed);  // the same initial weights for the same seed
-    Classifier model = MakeClassifier(ModelConfigFor(spec.model, data));
-    SupervisedTrainer trainer(spec, model, data, c, out_dir);
-    RunOutcome outcome = trainer.Run(control);
-    status.code = outcome.finished ? JobCode::kOk : JobCode::kStopped;
-    status.result = outcome.result;
-    if (!outcome.finished) {
-      status.message = "stopped at step " + std::to_string(outcome.step);
-    }
+    status = spec.kind == common::JobKind::kDistill ? Distill(spec, out_dir, control, c)
+                                                     : Supervised(spec, out_dir, control, c);
+    if (status.code == JobCode::kStopped) status.message = "stopped";
   } catch (const DataError& e) {
     status.code = JobCode::kDataError;
     status.message = e.what();

@@ -12,7 +12,7 @@
 
 #include "common/spec/job_spec.h"
 #include "worker/dist/communicator.h"
-#include "worker/engine/supervised_trainer.h"
+#include "worker/engine/trainer.h"
 
 namespace dfkd::worker {
 

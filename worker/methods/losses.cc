@@ -1,4 +1,4 @@
-#include "worker/engine/losses.h"
+#include "worker/methods/losses.h"
 
 namespace dfkd::worker {
 

@@ -1,6 +1,6 @@
 // Losses shared by training and distillation.
-#ifndef DFKD_WORKER_ENGINE_LOSSES_H_
-#define DFKD_WORKER_ENGINE_LOSSES_H_
+#ifndef DFKD_WORKER_METHODS_LOSSES_H_
+#define DFKD_WORKER_METHODS_LOSSES_H_
 
 #include <torch/torch.h>
 
@@ -19,4 +19,4 @@ int64_t CountCorrect(const torch::Tensor& logits, const torch::Tensor& labels);
 
 }  // namespace dfkd::worker
 
-#endif  // DFKD_WORKER_ENGINE_LOSSES_H_
+#endif  // DFKD_WORKER_METHODS_LOSSES_H_

@@ -1,0 +1,66 @@
+#include "worker/engine/method_factory.h"
+
+#include <stdexcept>
+
+#include "worker/kdci/kdci_method.h"
+#include "worker/methods/noise_method.h"
+
+namespace dfkd::worker {
+namespace {
+
+PcaMode ParsePca(const std::string& s) {
+  if (s == "fixed") return PcaMode::kFixedDim;
+  if (s == "off") return PcaMode::kOff;
+  return PcaMode::kVariance;
+}
+
+}  // namespace
+
+int64_t DefaultPrototypes(const std::string& method) {
+  if (method == "deepinv" || method == "cmi") return 32;
+  if (method == "mosaickd" || method == "dfnd") return 128;
+  return 8;  // dafl, fast, noise
+}
+
+std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps& deps,
+                                   Classifier other_teacher) {
+  const common::DistillSpec& d = spec.distill;
+  std::unique_ptr<Method> method;
+  if (d.method == "noise") {
+    method = std::make_unique<NoiseMethod>(NoiseOptions()
+                                               .temperature(d.temperature)
+                                               .stddev(d.noise_stddev)
+                                               .synthesis_batch_size(d.synthesis_batch_size),
+                                           deps);
+  } else {
+    throw std::invalid_argument("distill.method: '" + d.method + "' is not built in yet");
+  }
+  const common::KdciSpec& k = spec.kdci;
+  if (!k.enabled) return method;
+
+  const KdciAblation ablation = ParseKdciAblation(k.ablation);
+  Classifier source = deps.teacher;
+  int64_t dictionary_dim = deps.num_classes;
+  if (ablation == KdciAblation::kOtherZ) {
+    if (!other_teacher) throw std::invalid_argument("kdci.other_teacher: required for other_z");
+    source = other_teacher;
+    dictionary_dim = other_teacher->num_classes();
+  }
+  DictionaryOptions dict;
+  dict.num_prototypes(k.num_prototypes > 0 ? k.num_prototypes : DefaultPrototypes(d.method))
+      .pca_mode(ParsePca(k.pca))
+      .pca_variance(k.pca_variance)
+      .pca_dim(k.pca_dim)
+      .max_iters(k.kmeans_max_iters)
+      .seed(static_cast<uint64_t>(spec.seed));
+  InterventionOptions inter(deps.num_classes, dictionary_dim);
+  inter.hidden(k.hidden).bias(k.bias).detach_query(k.detach_query).ablation(ablation);
+  KdciOptions options(dict, inter);
+  options.rebuild = k.rebuild == "every_step" ? KdciOptions::Rebuild::kEveryStep
+                    : k.rebuild == "once"     ? KdciOptions::Rebuild::kOnce
+                                              : KdciOptions::Rebuild::kEveryRound;
+  options.feature_source = k.feature_source;
+  return std::make_unique<KdciMethod>(std::move(method), options, source);
+}
+
+}  // namespace dfkd::worker

@@ -1,0 +1,26 @@
+// MakeMethod: the only switch over DFKD methods, and where KDCI is wrapped
+// around the chosen method when kdci.enabled.
+#ifndef DFKD_WORKER_ENGINE_METHOD_FACTORY_H_
+#define DFKD_WORKER_ENGINE_METHOD_FACTORY_H_
+
+#include <memory>
+#include <string>
+
+#include "common/spec/job_spec.h"
+#include "worker/methods/method.h"
+
+namespace dfkd::worker {
+
+// The paper's dictionary size for a method (§4.3 "Confounder setup"): 8 for
+// generator methods (DAFL, Fast; also noise), 32 for inversion methods
+// (DeepInv, CMI), 128 for pool methods (MosaicKD, DFND).
+int64_t DefaultPrototypes(const std::string& method);
+
+// `other_teacher` is the feature source of the other-Z ablation (null
+// otherwise). Throws std::invalid_argument naming the spec field at fault.
+std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps& deps,
+                                   Classifier other_teacher = nullptr);
+
+}  // namespace dfkd::worker
+
+#endif  // DFKD_WORKER_ENGINE_METHOD_FACTORY_H_

@@ -1,0 +1,206 @@
+#include "worker/engine/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "worker/engine/checkpoint.h"
+#include "worker/engine/evaluator.h"
+#include "worker/engine/lr_schedule.h"
+#include "worker/engine/progress.h"
+
+namespace dfkd::worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string Fmt(const char* fmt, double a, double b = 0, double c = 0) {
+  char buf[160];
+  snprintf(buf, sizeof buf, fmt, a, b, c);
+  return buf;
+}
+
+}  // namespace
+
+Trainer::Trainer(common::JobSpec spec, Classifier model, const JobData& data,
+                 Communicator& comm, StepSource& source, std::string out_dir)
+    : spec_(std::move(spec)), model_(std::move(model)), data_(data), comm_(comm),
+      source_(source), out_dir_(std::move(out_dir)) {}
+
+int64_t Trainer::total_steps() const {
+  int64_t total = spec_.train.epochs * source_.steps_per_epoch();
+  if (spec_.train.max_steps > 0) total = std::min(total, spec_.train.max_steps);
+  return total;
+}
+
+RunOutcome Trainer::Run(const RunControl& control) {
+  namespace fs = std::filesystem;
+  fs::create_directories(out_dir_);
+  const std::string ckpt_path = (fs::path(out_dir_) / "checkpoint.pt").string();
+  const common::OptimSpec& o = spec_.train.optim;
+
+  std::vector<torch::Tensor> params = model_->parameters();
+  for (const torch::Tensor& p : source_.ExtraParameters()) params.push_back(p);
+  torch::optim::SGD optimizer(params, torch::optim::SGDOptions(o.lr)
+                                          .momentum(o.momentum)
+                                          .weight_decay(o.weight_decay)
+                                          .nesterov(o.nesterov));
+  TrainState state;
+  state.spec_hash = common::CanonicalHash(spec_);
+  const bool resumed =
+      !control.fresh &&
+      LoadCheckpoint(ckpt_path, *model_, optimizer, &state,
+                     [&](torch::serialize::InputArchive& a) { source_.Load(a); });
+  BroadcastModule(comm_, *model_);
+
+  const int64_t per_epoch = source_.steps_per_epoch();
+  const int64_t total = total_steps();
+  const bool root = comm_.is_root();
+  Progress progress(spec_.name.empty() ? common::JobKindName(spec_.kind) : spec_.name,
+                    total, StderrIsTerminal(), std::cerr);
+  progress.quiet = control.quiet || !root;
+  if (resumed) {
+    progress.Message("resumed from " + ckpt_path + " at step " +
+                     std::to_string(state.step) + "/" + std::to_string(total));
+  }
+
+  std::ofstream metrics;
+  if (root) metrics.open(fs::path(out_dir_) / "metrics.jsonl", std::ios::app);
+  const double earlier_seconds = state.train_seconds;  // before this process
+  const auto session_start = Clock::now();
+  auto session_seconds = [&] {
+    return std::chrono::duration<double>(Clock::now() - session_start).count();
+  };
+  auto save = [&] {
+    state.train_seconds = earlier_seconds + session_seconds();
+    if (root) {
+      SaveCheckpoint(ckpt_path, *model_, optimizer, state,
+                     [&](torch::serialize::OutputArchive& a) { source_.Save(a); });
+    }
+  };
+  const bool channels_last = spec_.runtime.channels_last;
+  std::function<torch::Tensor(const torch::Tensor&)> compensate =
+      [&](const torch::Tensor& logits) { return source_.CompensatedLogits(logits); };
+  auto run_eval = [&] {
+    return Evaluate(*model_, *data_.test, data_.norm, spec_.train.eval_batch_size,
+                    channels_last, &compensate);
+  };
+
+  double loss_avg = 0.0, acc_avg = 0.0;  // exponential moving averages
+  int64_t images = 0, last_eval_step = -1;
+  auto evaluate = [&] {
+    if (root) {
+      EvalResult ev = run_eval();
+      if (ev.top1 > state.best_top1) {
+        state.best_top1 = ev.top1;
+        state.best_step = state.step;
+      }
+      const double epoch = static_cast<double>(state.step) / per_epoch;
+      nlohmann::json line = {
+          {"step", state.step}, {"epoch", epoch},
+          {"lr", LearningRateAt(o, std::max<int64_t>(state.step - 1, 0), total)},
+          {"train_loss", loss_avg}, {"train_top1", acc_avg},
+          {"test_top1", ev.top1}, {"test_loss", ev.loss}};
+      std::string msg = Fmt("epoch %.1f  test top-1 %.2f%%  (best %.2f%%)", epoch, ev.top1,
+                            state.best_top1);
+      if (ev.compensated_top1 >= 0) {
+        line["test_top1_compensated"] = ev.compensated_top1;
+        msg += Fmt("  compensated %.2f%%", ev.compensated_top1);
+      }
+      metrics << line.dump() << "\n" << std::flush;
+      progress.Message(msg);
+    }
+    comm_.Barrier();
+    last_eval_step = state.step;
+  };
+
+  model_->train();
+  source_.Start(state.step);
+  bool stopped = false;
+  while (state.step < total) {
+    const double lr = LearningRateAt(o, state.step, total);
+    for (auto& group : optimizer.param_groups()) {
+      static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
+    }
+    StepResult r = source_.Step(state.step);
+    optimizer.zero_grad();
+    r.loss.backward();
+    AverageGradients(comm_, params);
+    optimizer.step();
+    ++state.step;
+    images += r.images * comm_.size();
+
+    const double l = r.loss.item<double>();
+    TORCH_CHECK(std::isfinite(l), "loss became ", l, " at step ", state.step,
+                " (learning rate ", lr, "); lower train.optim.lr");
+    const double a = r.images ? 100.0 * r.correct / r.images : 0.0;
+    const double k = state.step == 1 || loss_avg == 0.0 ? 1.0 : 0.05;
+    loss_avg += k * (l - loss_avg);
+    acc_avg += k * (a - acc_avg);
+    const double secs = session_seconds();
+    progress.Update(state.step, Fmt("loss %.4f  acc %.1f%%  %.0f img/s", loss_avg, acc_avg,
+                                    secs > 0 ? images / secs : 0.0));
+
+    if (state.step % per_epoch == 0 &&
+        (state.step / per_epoch) % spec_.train.eval_every_epochs == 0) {
+      evaluate();
+    }
+    const bool stop_now = (control.stop && control.stop->load()) ||
+                          state.step == control.stop_at_step;
+    if (state.step % spec_.train.checkpoint_every_steps == 0 || stop_now) save();
+    if (stop_now && state.step < total) {
+      stopped = true;
+      break;
+    }
+  }
+
+  RunOutcome outcome;
+  outcome.step = state.step;
+  if (stopped) {
+    progress.Message("stopped at step " + std::to_string(state.step) + "; checkpoint " +
+                     ckpt_path + " (run again to resume)");
+    return outcome;
+  }
+  if (last_eval_step != state.step) evaluate();
+  const double seconds = session_seconds();
+  save();
+  progress.Finish();
+  outcome.finished = true;
+  if (root) {
+    EvalResult final_eval = run_eval();
+    SaveWeights((fs::path(out_dir_) / "model.pt").string(), *model_);
+    outcome.result = {
+        {"spec_hash", state.spec_hash},
+        {"kind", common::JobKindName(spec_.kind)},
+        {"name", spec_.name},
+        {"seed", spec_.seed},
+        {"dataset", spec_.data.dataset},
+        {"model", ModelName(ModelConfigFor(spec_.model, data_))},
+        {"parameters", CountParameters(*model_)},
+        {"test_top1", final_eval.top1},
+        {"best_test_top1", state.best_top1},
+        {"best_step", state.best_step},
+        {"test_loss", final_eval.loss},
+        {"per_class_top1", final_eval.per_class},
+        {"test_samples", final_eval.samples},
+        {"steps", state.step},
+        {"epochs_equivalent", static_cast<double>(state.step) / per_epoch},
+        {"train_seconds", state.train_seconds},
+        {"images_per_second", seconds > 0 ? images / seconds : 0.0},
+        {"threads", at::get_num_threads()},
+        {"world_size", comm_.size()},
+        {"method", source_.Describe()},
+        {"spec", common::ToJson(spec_)},
+    };
+    if (final_eval.compensated_top1 >= 0) {
+      outcome.result["test_top1_compensated"] = final_eval.compensated_top1;
+    }
+    std::ofstream(fs::path(out_dir_) / "result.json") << outcome.result.dump(2) << "\n";
+  }
+  return outcome;
+}
+
+}  // namespace dfkd::worker
