@@ -226,8 +226,9 @@ void ReadDistill(ObjectReader& r, DistillSpec* d) {
   r.Number("noise_stddev", &d->noise_stddev, 0.0, 100.0);
 }
 
-void ReadKdci(ObjectReader& r, KdciSpec* k) {
+void ReadKdci(ObjectReader& r, KdciSpec* k, const std::string& method) {
   r.Bool("enabled", &k->enabled);
+  k->num_prototypes = DefaultKdciPrototypes(method);
   if (const json* v = r.Get("num_prototypes")) {
     if (!v->is_number_integer() || v->get<int64_t>() < 1) {
       r.Error(r.Path("num_prototypes"), "must be >= 1");
@@ -267,6 +268,12 @@ void ReadRuntime(ObjectReader& r, RuntimeSpec* rt) {
 }
 
 }  // namespace
+
+int64_t DefaultKdciPrototypes(const std::string& method) {
+  if (method == "deepinv" || method == "cmi") return 32;
+  if (method == "mosaickd" || method == "dfnd") return 128;
+  return 8;  // dafl, fast, noise
+}
 
 const char* JobKindName(JobKind kind) {
   switch (kind) {
@@ -310,7 +317,8 @@ SpecParseResult ParseJobSpec(const json& j) {
     if (spec.kind == JobKind::kDistill) {
       if (!r.Has("distill")) r.Error("distill", "required for kind distill");
       r.Object("distill", [&](ObjectReader& c) { ReadDistill(c, &spec.distill); });
-      r.Object("kdci", [&](ObjectReader& c) { ReadKdci(c, &spec.kdci); });
+      spec.kdci.num_prototypes = DefaultKdciPrototypes(spec.distill.method);
+      r.Object("kdci", [&](ObjectReader& c) { ReadKdci(c, &spec.kdci, spec.distill.method); });
     } else {
       if (r.Has("distill")) r.Error("distill", "only for kind distill");
       if (r.Has("kdci")) r.Error("kdci", "only for kind distill");

@@ -98,7 +98,7 @@ struct DistillSpec {
 // KDCI on top of the distill method (dfkd-methods.md §1; defaults §1.7).
 struct KdciSpec {
   bool enabled = false;
-  int64_t num_prototypes = 0;          // N; 0 = the paper's rule for the method
+  int64_t num_prototypes = 0;          // N; omitted = DefaultKdciPrototypes(method)
   std::string feature_source = "teacher";   // teacher | other (Table 5 "other Z")
   TeacherSpec other_teacher;           // feature_source "other"
   // none | random_lambda | random_z | no_prior | other_z (Tables 4-5)
@@ -125,6 +125,11 @@ struct JobSpec {
   DistillSpec distill;                 // kind distill only
   KdciSpec kdci;                       // kind distill only
 };
+
+// The paper's dictionary size N for a method (§4.3 "Confounder setup"): 8 for
+// generator methods (DAFL, Fast; also noise), 32 for inversion methods
+// (DeepInv, CMI), 128 for pool methods (MosaicKD, DFND).
+int64_t DefaultKdciPrototypes(const std::string& method);
 
 struct SpecError {
   std::string path;     // "model.depth"

@@ -101,5 +101,60 @@ TEST(JobSpecTest, NonObjectSectionsAndBrokenFiles) {
   EXPECT_EQ(missing.errors[0].ToString(), "/nonexistent/spec.json: cannot open file");
 }
 
+json Distill() {
+  return json::parse(R"({"version": 1, "kind": "distill",
+      "model": {"arch": "wrn", "depth": 16},
+      "distill": {"teacher": {"weights": "t/model.pt",
+                              "model": {"arch": "wrn", "depth": 40, "widen_factor": 2}}},
+      "kdci": {"enabled": true}})");
+}
+
+TEST(JobSpecTest, DistillWithKdciDefaults) {
+  SpecParseResult r = ParseJobSpec(Distill());
+  ASSERT_TRUE(r.ok()) << r.ErrorText();
+  EXPECT_EQ(r.spec->kind, JobKind::kDistill);
+  EXPECT_EQ(r.spec->distill.method, "noise");
+  EXPECT_DOUBLE_EQ(r.spec->distill.temperature, 20.0);
+  EXPECT_TRUE(r.spec->kdci.enabled);
+  EXPECT_EQ(r.spec->kdci.num_prototypes, 8);  // the paper's N for generator methods
+  EXPECT_EQ(r.spec->kdci.ablation, "none");
+  SpecParseResult again = ParseJobSpec(ToJson(*r.spec));
+  ASSERT_TRUE(again.ok()) << again.ErrorText();
+  EXPECT_EQ(CanonicalHash(*again.spec), CanonicalHash(*r.spec));
+  json off = Distill();
+  off["kdci"]["enabled"] = false;
+  EXPECT_NE(CanonicalHash(*ParseJobSpec(off).spec), CanonicalHash(*r.spec));
+}
+
+TEST(JobSpecTest, KdciErrorsNameTheField) {
+  json j = Distill();
+  j["kdci"]["num_prototypes"] = 0;
+  j["kdci"]["ablation"] = "other_z";
+  j["kdci"]["pca"] = "fixed";
+  j["distill"]["teacher"].erase("weights");
+  auto p = Paths(ParseJobSpec(j));
+  auto has = [&](const std::string& s) { return std::find(p.begin(), p.end(), s) != p.end(); };
+  EXPECT_TRUE(has("kdci.num_prototypes: must be >= 1"));
+  EXPECT_TRUE(has("kdci.ablation: other_z and feature_source \"other\" go together "
+                  "(Table 5's other Z)"));
+  EXPECT_TRUE(has("kdci.other_teacher: required for feature_source \"other\""));
+  EXPECT_TRUE(has("kdci.pca_dim: must be >= 1 for pca \"fixed\""));
+  EXPECT_TRUE(has("distill.teacher.weights: required (model.pt of a train_teacher run)"));
+  EXPECT_EQ(p.size(), 5u) << ::testing::PrintToString(p);
+}
+
+TEST(JobSpecTest, KdciOnlyForDistill) {
+  json j = Minimal();
+  j["kdci"] = {{"enabled", true}};
+  auto p = Paths(ParseJobSpec(j));
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(p[0], "kdci: only for kind distill");
+  json d = Distill();
+  d.erase("distill");
+  p = Paths(ParseJobSpec(d));
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(p[0], "distill: required for kind distill");
+}
+
 }  // namespace
 }  // namespace dfkd::common

@@ -154,4 +154,42 @@ TEST(DfkdTrainCliTest, SigtermCheckpointsAndTheSameCommandResumes) {
   EXPECT_EQ(second.output.find("at step 0/"), std::string::npos) << second.output;
 }
 
+TEST(DfkdTrainCliTest, DistillWithKdciFromATeacherRun) {
+  if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  dfkd::testing::TempDir dir;
+  ExecResult teacher = Exec(Binary() + " -q " +
+                            Source("tests/configs/instant/teacher_fashion_mnist.json") +
+                            " -o " + dir.File("teacher"));
+  ASSERT_EQ(teacher.code, 0) << teacher.output;
+  std::ofstream(dir.File("kd.json"))
+      << R"({"version": 1, "kind": "distill", "seed": 1,
+            "data": {"dataset": "fashion_mnist", "test_limit": 200},
+            "model": {"arch": "wrn", "depth": 16},
+            "train": {"epochs": 1, "batch_size": 32, "optim": {"lr": 0.05}},
+            "distill": {"teacher": {"weights": ")" << dir.File("teacher/model.pt") << R"(",
+                                    "model": {"arch": "wrn", "depth": 16}},
+                        "steps_per_epoch": 4, "kd_steps": 2, "synthesis_batch_size": 64},
+            "kdci": {"enabled": true, "num_prototypes": 4}})";
+  ExecResult kd = Exec(Binary() + " " + dir.File("kd.json") + " -o " + dir.File("kd"));
+  ASSERT_EQ(kd.code, 0) << kd.output;
+  EXPECT_NE(kd.output.find("compensated"), std::string::npos) << kd.output;
+  std::ifstream in(dir.File("kd/result.json"));
+  nlohmann::json r = nlohmann::json::parse(in);
+  EXPECT_EQ(r["kind"], "distill");
+  EXPECT_EQ(r["steps"], 4);
+  EXPECT_EQ(r["method"]["kdci"]["dictionary_builds"], 2);  // one per synthesis round
+  EXPECT_EQ(r["method"]["kdci"]["num_prototypes"], 4);
+  EXPECT_TRUE(r.contains("teacher_test_top1"));
+  EXPECT_TRUE(r.contains("test_top1_compensated"));
+  // A teacher file that does not fit the declared architecture is named.
+  std::ofstream(dir.File("bad.json"))
+      << R"({"version": 1, "kind": "distill", "model": {"arch": "wrn"},
+            "distill": {"teacher": {"weights": ")" << dir.File("teacher/model.pt") << R"(",
+                                    "model": {"arch": "vgg", "depth": 11}}}})";
+  ExecResult bad = Exec(Binary() + " -q " + dir.File("bad.json") + " -o " + dir.File("bad"));
+  EXPECT_EQ(bad.code, 1) << bad.output;
+  EXPECT_NE(bad.output.find("distill.teacher.weights: cannot load"), std::string::npos)
+      << bad.output;
+}
+
 }  // namespace

@@ -49,11 +49,14 @@ JobStatus Distill(const common::JobSpec& spec, const std::string& out_dir,
   if (cl) UseChannelsLast(*student);
   MethodDeps deps{teacher, student, data.image_shape, data.num_classes};
   DistillSource source(spec, teacher, student, MakeMethod(spec, deps, other), comm);
-  RunOutcome outcome = Trainer(spec, student, data, comm, source, out_dir).Run(control);
+  Trainer trainer(spec, student, data, comm, source, out_dir);
+  trainer.AddResultFields({{"teacher_test_top1", teacher_eval.top1},
+                           {"teacher_model", ModelName(ModelConfigFor(spec.distill.teacher.model,
+                                                                      data))}});
+  RunOutcome outcome = trainer.Run(control);
   JobStatus status;
   status.code = outcome.finished ? JobCode::kOk : JobCode::kStopped;
   status.result = outcome.result;
-  if (outcome.finished) status.result["teacher_test_top1"] = teacher_eval.top1;
   return status;
 }
 

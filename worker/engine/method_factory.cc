@@ -16,12 +16,6 @@ PcaMode ParsePca(const std::string& s) {
 
 }  // namespace
 
-int64_t DefaultPrototypes(const std::string& method) {
-  if (method == "deepinv" || method == "cmi") return 32;
-  if (method == "mosaickd" || method == "dfnd") return 128;
-  return 8;  // dafl, fast, noise
-}
-
 std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps& deps,
                                    Classifier other_teacher) {
   const common::DistillSpec& d = spec.distill;
@@ -47,7 +41,8 @@ std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps
     dictionary_dim = other_teacher->num_classes();
   }
   DictionaryOptions dict;
-  dict.num_prototypes(k.num_prototypes > 0 ? k.num_prototypes : DefaultPrototypes(d.method))
+  dict.num_prototypes(k.num_prototypes > 0 ? k.num_prototypes
+                                         : common::DefaultKdciPrototypes(d.method))
       .pca_mode(ParsePca(k.pca))
       .pca_variance(k.pca_variance)
       .pca_dim(k.pca_dim)

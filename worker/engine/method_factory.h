@@ -11,11 +11,6 @@
 
 namespace dfkd::worker {
 
-// The paper's dictionary size for a method (§4.3 "Confounder setup"): 8 for
-// generator methods (DAFL, Fast; also noise), 32 for inversion methods
-// (DeepInv, CMI), 128 for pool methods (MosaicKD, DFND).
-int64_t DefaultPrototypes(const std::string& method);
-
 // `other_teacher` is the feature source of the other-Z ablation (null
 // otherwise). Throws std::invalid_argument naming the spec field at fault.
 std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps& deps,

@@ -195,6 +195,7 @@ RunOutcome Trainer::Run(const RunControl& control) {
         {"method", source_.Describe()},
         {"spec", common::ToJson(spec_)},
     };
+    outcome.result.update(extra_result_);
     if (final_eval.compensated_top1 >= 0) {
       outcome.result["test_top1_compensated"] = final_eval.compensated_top1;
     }

@@ -53,6 +53,8 @@ class Trainer {
           Communicator& comm, StepSource& source, std::string out_dir);
   RunOutcome Run(const RunControl& control);
   int64_t total_steps() const;
+  // Fields merged into result.json (e.g. the teacher's accuracy).
+  void AddResultFields(const nlohmann::json& fields) { extra_result_.update(fields); }
 
  private:
   common::JobSpec spec_;
@@ -61,6 +63,7 @@ class Trainer {
   Communicator& comm_;
   StepSource& source_;
   std::string out_dir_;
+  nlohmann::json extra_result_ = nlohmann::json::object();
 };
 
 }  // namespace dfkd::worker
