@@ -8,6 +8,10 @@ steps=${2:-10}
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(mktemp)
 "$build/bin/dfkd-bench-train-step" --threads 2 --steps "$steps" | tee "$out"
+"$build/bin/dfkd-bench-kdci" --mode time --pairs 20 | tee -a "$out"
+for m in memory-base memory-base-lapack memory-kdci; do
+  "$build/bin/dfkd-bench-kdci" --mode $m | tee -a "$out"
+done
 /usr/bin/python3 "$here/train_step_bench.py" 2 "$steps" | tee -a "$out"
 /usr/bin/python3 - "$out" <<'PY'
 import json, sys
@@ -27,6 +31,18 @@ for net, tgt in targets.items():
         print("| %s | %.1f | %.1f | %.2f | %s | %.1f | %.1f |" % (net, c["median_ms"], p["median_ms"], ratio,
               verdict, c2["median_ms"], p2["median_ms"]))
 for r in rows:
+    if r["bench"] == "kdci_step_overhead":
+        print("KDCI step overhead (WRN-40-2 -> WRN-16-1, batch 256, N=32 rebuilt every step): "
+              "median %+.2f%%, mean %+.2f%% (base %.0f ms/step, %d interleaved pairs)"
+              % (r["overhead_median_pct"], r["overhead_mean_pct"], r["base_median_ms"], r["pairs"]))
+    if r["bench"] == "kdci_peak_rss":
+        print("%-20s peak tensor memory %12d bytes   (peak RSS %d KB, noisy)"
+              % (r["variant"], r["peak_tensor_bytes"], r["peak_rss_kb"]))
+    if r["bench"] == "dictionary_build":
+        print("dictionary build %dx%d, N=%d: %.2f ms" % (r["points"], r["dim"], r["prototypes"], r["median_ms"]))
+    if r["bench"] == "dictionary_build_pool":
+        print("dictionary build, streamed pool %dx%d, N=%d: %.1f s (%d Lloyd iterations)"
+              % (r["points"], r["dim"], r["prototypes"], r["seconds"], r["kmeans_iterations"]))
     if r["bench"] == "loader":
         print("loader %-22s %8.0f images/s (batch 128, augment + normalise, %d threads)"
               % (r["data"], r["images_per_s"], r["threads"]))
