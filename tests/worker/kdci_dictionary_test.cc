@@ -95,6 +95,19 @@ TEST(KdciDictionaryTest, RecoversPlantedClusters) {
   EXPECT_TRUE(torch::allclose(dict.prior, torch::full({5}, 0.2, torch::kFloat)));
 }
 
+// Rows x centres x dims above 2^20: the tensor (blocked distance) path, not
+// the plain-loop path that mini-batch dictionaries take.
+TEST(KdciDictionaryTest, RecoversPlantedClustersOnTheLargeInputPath) {
+  const Planted data = MakePlanted(50.0 * torch::eye(12, kF64).slice(0, 0, 8),
+                                   std::vector<int64_t>(8, 2000), 0.1, 4);
+  const DictionaryOptions options =
+      DictionaryOptions().num_prototypes(8).pca_mode(PcaMode::kOff).seed(2);
+  const ConfounderDictionary dict = BuildDictionary(data.x.to(torch::kFloat), options);
+  const auto f2p = MatchPartitions(FoundLabels(data.x.to(torch::kFloat), options), data.labels);
+  ASSERT_EQ(f2p.size(), 8u);
+  ExpectMatchesPlanted(dict, data, f2p, 1e-3);
+}
+
 TEST(KdciDictionaryTest, PriorsFollowUnequalClusterSizes) {
   const Planted data =
       MakePlanted(30.0 * torch::eye(4, kF64).slice(0, 0, 3), {10, 30, 60}, 0.2, 5);

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <numeric>
+#include <random>
 #include <tuple>
 #include <utility>
 
@@ -90,6 +92,115 @@ void CheckOptions(const DictionaryOptions& o) {
   TORCH_CHECK(o.tol() >= 0.0, "tol must be >= 0");
 }
 
+// Small inputs (a mini-batch dictionary: 256 logits, N = 8..32) are
+// clustered with plain loops over a float64 buffer: the same algorithm as the
+// tensor path below, without ~10 tensor-op dispatches per Lloyd iteration and
+// per seed, which dominated KDCI's per-step cost (about 10x faster here).
+constexpr int64_t kSmallWork = int64_t{1} << 20;  // rows x centres x dims
+
+bool UseSmallPath(const torch::Tensor& x, int64_t n) {
+  return x.device().is_cpu() && x.size(0) * n * x.size(1) <= kSmallWork;
+}
+
+double RowDist2(const double* a, const double* b, int64_t d) {
+  double s = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    const double t = a[j] - b[j];
+    s += t * t;
+  }
+  return s;
+}
+
+std::vector<int64_t> SmallSeeds(const double* x, int64_t m, int64_t d, int64_t n,
+                                uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> unif(0.0, 1.0);
+  std::vector<int64_t> chosen{
+      std::min<int64_t>(m - 1, static_cast<int64_t>(unif(rng) * static_cast<double>(m)))};
+  std::vector<double> closest(m), cum(m);
+  for (int64_t i = 0; i < m; ++i) closest[i] = RowDist2(x + i * d, x + chosen[0] * d, d);
+  while (static_cast<int64_t>(chosen.size()) < n) {
+    double total = 0.0;
+    for (int64_t i = 0; i < m; ++i) cum[i] = total += closest[i];
+    if (!(total > 0.0)) break;  // every row coincides with a chosen centre
+    const double r = unif(rng) * total;
+    int64_t idx = std::min<int64_t>(m - 1, std::upper_bound(cum.begin(), cum.end(), r) -
+                                               cum.begin());
+    if (!(closest[idx] > 0.0)) {
+      idx = std::max_element(closest.begin(), closest.end()) - closest.begin();
+    }
+    chosen.push_back(idx);
+    for (int64_t i = 0; i < m; ++i) {
+      closest[i] = std::min(closest[i], RowDist2(x + i * d, x + idx * d, d));
+    }
+  }
+  return chosen;
+}
+
+// Lloyd on raw buffers; same empty-cluster rule and stopping test as the
+// tensor path. Returns the number of iterations run.
+int64_t SmallLloyd(const double* x, int64_t m, int64_t d, std::vector<double>& centers,
+                   int64_t max_iters, double tol) {
+  const int64_t n = static_cast<int64_t>(centers.size()) / d;
+  std::vector<double> mean(d, 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < d; ++j) mean[j] += x[i * d + j];
+  for (double& v : mean) v /= static_cast<double>(m);
+  double var = 0.0;
+  for (int64_t i = 0; i < m; ++i) var += RowDist2(x + i * d, mean.data(), d);
+  const double tol_scaled = tol * var / static_cast<double>(m * d);
+  std::vector<int64_t> labels(m);
+  std::vector<double> d2(m), sums(n * d), counts(n), updated(n * d);
+  int64_t it = 0;
+  while (it < max_iters) {
+    std::fill(sums.begin(), sums.end(), 0.0);
+    std::fill(counts.begin(), counts.end(), 0.0);
+    for (int64_t i = 0; i < m; ++i) {
+      int64_t best = 0;
+      double best_d = RowDist2(x + i * d, centers.data(), d);
+      for (int64_t c = 1; c < n; ++c) {
+        const double dc = RowDist2(x + i * d, centers.data() + c * d, d);
+        if (dc < best_d) best_d = dc, best = c;
+      }
+      labels[i] = best;
+      d2[i] = best_d;
+      counts[best] += 1.0;
+      for (int64_t j = 0; j < d; ++j) sums[best * d + j] += x[i * d + j];
+    }
+    std::vector<int64_t> empty;
+    for (int64_t c = 0; c < n; ++c)
+      if (counts[c] == 0.0) empty.push_back(c);
+    if (!empty.empty()) {  // reseed to the worst-fitted points
+      std::vector<int64_t> order(m);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int64_t a, int64_t b) { return d2[a] > d2[b]; });
+      for (size_t k = 0; k < empty.size() && k < order.size(); ++k) {
+        const int64_t p = order[k], c = empty[k], old = labels[p];
+        for (int64_t j = 0; j < d; ++j) {
+          sums[old * d + j] -= x[p * d + j];
+          sums[c * d + j] = x[p * d + j];
+        }
+        counts[old] -= 1.0;
+        counts[c] = 1.0;
+      }
+    }
+    double shift = 0.0;
+    for (int64_t c = 0; c < n; ++c) {
+      for (int64_t j = 0; j < d; ++j) {
+        const double v = counts[c] > 0 ? sums[c * d + j] / counts[c] : centers[c * d + j];
+        const double t = v - centers[c * d + j];
+        shift += t * t;
+        updated[c * d + j] = v;
+      }
+    }
+    centers.swap(updated);
+    ++it;
+    if (shift <= tol_scaled) break;
+  }
+  return it;
+}
+
 // Fit on float64 rows xd; `assignments` gets the final Lloyd assignment.
 DictionaryFit FitImpl(const torch::Tensor& xd, const DictionaryOptions& o,
                       int64_t* iterations, torch::Tensor* assignments) {
@@ -147,9 +258,13 @@ torch::Tensor KMeansPlusPlusInit(const torch::Tensor& points, int64_t n, uint64_
   TORCH_CHECK(points.size(0) >= 1, "points must have at least one row");
   TORCH_CHECK(n >= 1, "n must be >= 1");
   torch::NoGradGuard no_grad;
-  const torch::Tensor x = points.detach().to(torch::kDouble);
+  const torch::Tensor x = points.detach().to(torch::kDouble).contiguous();
   const int64_t m = x.size(0);
   n = std::min(n, m);
+  if (UseSmallPath(x, n)) {
+    std::vector<int64_t> chosen = SmallSeeds(x.data_ptr<double>(), m, x.size(1), n, seed);
+    return x.index_select(0, torch::tensor(chosen, torch::kLong));
+  }
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> unif(0.0, 1.0);
   auto draw = [&](double scale) { return unif(rng) * scale; };
@@ -185,8 +300,20 @@ KMeansResult LloydKMeans(const torch::Tensor& points, const torch::Tensor& initi
   const torch::Tensor x = points.detach().to(torch::kDouble);
   torch::Tensor centers = initial_centers.detach().to(x.device(), torch::kDouble).clone();
   const int64_t n = centers.size(0);
-  const double tol_scaled = tol * (x - x.mean(0)).pow(2).mean().item<double>();
   KMeansResult result;
+  if (UseSmallPath(x, n)) {
+    const torch::Tensor xc = x.contiguous();
+    torch::Tensor c = centers.contiguous();
+    std::vector<double> buf(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+    result.iterations = SmallLloyd(xc.data_ptr<double>(), xc.size(0), xc.size(1), buf,
+                                   max_iters, tol);
+    result.centers = torch::tensor(buf, torch::kDouble).view({n, x.size(1)});
+    // The final assignment uses the same Nearest() as AssignToFit, so a
+    // dictionary and a later assignment to its fit agree exactly.
+    result.assignments = Nearest(xc, result.centers, nullptr);
+    return result;
+  }
+  const double tol_scaled = tol * (x - x.mean(0)).pow(2).mean().item<double>();
   while (result.iterations < max_iters) {
     torch::Tensor d2;
     const torch::Tensor labels = Nearest(x, centers, &d2);
