@@ -1,13 +1,19 @@
 // dfkd-train: runs one job spec with the engine alone (no server, no
 // database). Flags -> RunControl -> RunJob; see worker/README.md.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 
 #include "common/spec/job_spec.h"
 #include "worker/engine/job_runner.h"
+#include "worker/dist/c10d_communicator.h"
 #include "worker/engine/runtime.h"
 
 namespace {
@@ -20,6 +26,79 @@ constexpr int kExitFailed = 1;
 constexpr int kExitBadSpec = 2;
 constexpr int kExitStopped = 3;
 constexpr int kExitDataError = 4;
+
+std::atomic<int> g_forward_signal{0};
+void OnLauncherSignal(int sig) { g_forward_signal.store(sig); }
+
+// torchrun-like: starts `nproc` copies of this binary (same arguments minus
+// --nproc) as ranks 0..nproc-1 on this machine, rendezvous on a free port of
+// 127.0.0.1, splits the cores between them unless --threads was given,
+// forwards SIGINT/SIGTERM, and stops the others as soon as one rank fails.
+int Launch(int nproc, int argc, char** argv, bool threads_given) {
+  const int port = dfkd::worker::FindFreePort();
+  std::vector<std::string> args;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--nproc") {
+      ++i;
+      continue;
+    }
+    if (a.rfind("--nproc=", 0) == 0) continue;
+    args.push_back(a);
+  }
+  if (!threads_given) {
+    unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    args.push_back("--threads");
+    args.push_back(std::to_string(std::max(1u, cores / static_cast<unsigned>(nproc))));
+  }
+  std::signal(SIGINT, OnLauncherSignal);
+  std::signal(SIGTERM, OnLauncherSignal);
+  std::vector<pid_t> pids;
+  for (int r = 0; r < nproc; ++r) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      setenv("RANK", std::to_string(r).c_str(), 1);
+      setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
+      setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      setenv("MASTER_ADDR", "127.0.0.1", 1);
+      setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      std::vector<char*> cargv{argv[0]};
+      for (auto& a : args) cargv.push_back(a.data());
+      cargv.push_back(nullptr);
+      execv("/proc/self/exe", cargv.data());
+      _exit(127);
+    }
+    pids.push_back(pid);
+  }
+  int result = kExitOk;
+  size_t alive = pids.size();
+  bool forwarded = false;
+  while (alive > 0) {
+    int status = 0;
+    pid_t done = waitpid(-1, &status, 0);
+    if (done < 0) {
+      if (errno == EINTR) {
+        if (g_forward_signal.load() != 0 && !forwarded) {
+          for (pid_t p : pids) kill(p, g_forward_signal.load());
+          forwarded = true;
+        }
+        continue;
+      }
+      break;
+    }
+    --alive;
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (code != kExitOk && result == kExitOk) {
+      result = code;
+      if (code != kExitStopped) {
+        std::cerr << "dfkd-train: a rank exited with code " << code
+                  << "; stopping the others\n";
+        for (pid_t p : pids) kill(p, SIGKILL);
+      }
+    }
+  }
+  return result;
+}
 
 }  // namespace
 
@@ -37,6 +116,7 @@ int main(int argc, char** argv) {
   std::string spec_path, out_dir;
   int64_t threads = -1, max_steps = -1;
   bool fresh = false, validate_only = false, quiet = false, print_spec = false;
+  int nproc = 1;
   app.add_option("spec", spec_path, "job spec JSON file (see configs/)")->required();
   app.add_option("-o,--out", out_dir,
                  "output folder (default: runs/<spec file name>)");
@@ -49,6 +129,10 @@ int main(int argc, char** argv) {
   app.add_flag("--print-spec", print_spec,
                "print the spec with every default filled in and exit");
   app.add_flag("-q,--quiet", quiet, "no progress output");
+  app.add_option("--nproc", nproc,
+                 "start this many local ranks (data-parallel, Gloo); across machines set\n"
+                 "MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE instead, as with torchrun")
+      ->check(CLI::Range(1, 1024));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -71,6 +155,7 @@ int main(int argc, char** argv) {
     std::cout << spec_path << ": ok (spec " << dfkd::common::CanonicalHash(spec) << ")\n";
     return kExitOk;
   }
+  if (nproc > 1) return Launch(nproc, argc, argv, threads >= 0);
   if (out_dir.empty()) {
     out_dir = (std::filesystem::path("runs") /
                std::filesystem::path(spec_path).stem()).string();
@@ -79,17 +164,31 @@ int main(int argc, char** argv) {
   int64_t n = dfkd::worker::ConfigureRuntime(threads >= 0 ? threads : spec.runtime.threads);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  if (!quiet) {
+  if (!quiet && std::getenv("RANK") == nullptr) {
     std::cerr << "dfkd-train: " << dfkd::common::JobKindName(spec.kind) << " "
               << spec.model.arch << " on " << spec.data.dataset << ", " << n
               << " threads, output " << out_dir << "\n";
+  }
+
+  std::unique_ptr<dfkd::worker::Communicator> comm;
+  bool root = true;
+  try {
+    dfkd::worker::RendezvousOptions rdv = dfkd::worker::RendezvousFromEnv();
+    if (rdv.world_size > 1) {
+      comm = dfkd::worker::MakeGlooCommunicator(rdv);
+      root = comm->is_root();
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "dfkd-train: distributed setup failed: " << e.what() << "\n";
+    return kExitFailed;
   }
 
   dfkd::worker::RunControl control;
   control.stop = &g_stop;
   control.fresh = fresh;
   control.quiet = quiet;
-  dfkd::worker::JobStatus status = dfkd::worker::RunJob(spec, out_dir, control);
+  dfkd::worker::JobStatus status = dfkd::worker::RunJob(spec, out_dir, control, comm.get());
+  if (!root && status.code == dfkd::worker::JobCode::kOk) return kExitOk;
   switch (status.code) {
     case dfkd::worker::JobCode::kOk:
       std::cout << "test top-1 " << status.result["test_top1"].get<double>() << "% (best "

@@ -192,4 +192,18 @@ TEST(DfkdTrainCliTest, DistillWithKdciFromATeacherRun) {
       << bad.output;
 }
 
+TEST(DfkdTrainCliTest, NprocTwoTrainsDataParallel) {
+  if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  dfkd::testing::TempDir dir;
+  ExecResult r = Exec(Binary() + " -q " +
+                      Source("tests/configs/instant/teacher_fashion_mnist.json") + " -o " +
+                      dir.File("out") + " --nproc 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream in(dir.File("out/result.json"));
+  nlohmann::json result = nlohmann::json::parse(in);
+  EXPECT_EQ(result["world_size"], 2);
+  EXPECT_EQ(result["steps"], 6);
+  EXPECT_GT(result["grad_sync_seconds"].get<double>(), 0.0);
+}
+
 }  // namespace

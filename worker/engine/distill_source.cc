@@ -10,7 +10,10 @@ DistillSource::DistillSource(const common::JobSpec& spec, Classifier teacher,
     : teacher_(std::move(teacher)), student_(std::move(student)), method_(std::move(method)),
       comm_(comm), seed_(static_cast<uint64_t>(spec.seed)),
       steps_per_epoch_(spec.distill.steps_per_epoch), kd_steps_(spec.distill.kd_steps),
-      batch_size_(spec.train.batch_size), channels_last_(spec.runtime.channels_last) {
+      batch_size_(spec.train.batch_size / comm.size()),
+      channels_last_(spec.runtime.channels_last) {
+  TORCH_CHECK(spec.train.batch_size % comm.size() == 0, "train.batch_size: ",
+              spec.train.batch_size, " is not divisible by the world size ", comm.size());
   teacher_->eval();
   for (auto& p : teacher_->parameters()) p.set_requires_grad(false);
 }

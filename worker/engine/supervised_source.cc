@@ -8,7 +8,11 @@ namespace {
 LoaderOptions TrainLoaderOptions(const common::JobSpec& spec, const JobData& data,
                                  const Communicator& comm) {
   LoaderOptions lo;
-  lo.batch_size = spec.train.batch_size;
+  // train.batch_size is the global batch: each rank trains its share, so a
+  // spec means the same experiment at any world size.
+  TORCH_CHECK(spec.train.batch_size % comm.size() == 0, "train.batch_size: ",
+              spec.train.batch_size, " is not divisible by the world size ", comm.size());
+  lo.batch_size = spec.train.batch_size / comm.size();
   lo.seed = static_cast<uint64_t>(spec.seed);
   lo.augment = spec.data.augment;
   lo.crop_padding = data.crop_padding;

@@ -90,6 +90,7 @@ RunOutcome Trainer::Run(const RunControl& control) {
   };
 
   double loss_avg = 0.0, acc_avg = 0.0;  // exponential moving averages
+  double sync_seconds = 0.0, step_seconds = 0.0;  // this process's steps
   int64_t images = 0, last_eval_step = -1;
   auto evaluate = [&] {
     if (root) {
@@ -125,11 +126,15 @@ RunOutcome Trainer::Run(const RunControl& control) {
     for (auto& group : optimizer.param_groups()) {
       static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
     }
+    const auto step_start = Clock::now();
     StepResult r = source_.Step(state.step);
     optimizer.zero_grad();
     r.loss.backward();
+    const auto sync_start = Clock::now();
     AverageGradients(comm_, params);
+    sync_seconds += std::chrono::duration<double>(Clock::now() - sync_start).count();
     optimizer.step();
+    step_seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
     ++state.step;
     images += r.images * comm_.size();
 
@@ -148,8 +153,15 @@ RunOutcome Trainer::Run(const RunControl& control) {
         (state.step / per_epoch) % spec_.train.eval_every_epochs == 0) {
       evaluate();
     }
-    const bool stop_now = (control.stop && control.stop->load()) ||
-                          state.step == control.stop_at_step;
+    bool stop_now = (control.stop && control.stop->load()) ||
+                    state.step == control.stop_at_step;
+    if (comm_.size() > 1) {
+      // All ranks must stop after the same step, or the others would wait
+      // in the next collective until the timeout.
+      std::vector<torch::Tensor> flag = {torch::tensor({stop_now ? 1.0f : 0.0f})};
+      comm_.AllReduceSum(flag);
+      stop_now = flag[0].item<float>() > 0;
+    }
     if (state.step % spec_.train.checkpoint_every_steps == 0 || stop_now) save();
     if (stop_now && state.step < total) {
       stopped = true;
@@ -190,6 +202,8 @@ RunOutcome Trainer::Run(const RunControl& control) {
         {"epochs_equivalent", static_cast<double>(state.step) / per_epoch},
         {"train_seconds", state.train_seconds},
         {"images_per_second", seconds > 0 ? images / seconds : 0.0},
+        {"step_seconds", step_seconds},          // this process, excluding evaluation
+        {"grad_sync_seconds", sync_seconds},     // of which: averaging gradients
         {"threads", at::get_num_threads()},
         {"world_size", comm_.size()},
         {"method", source_.Describe()},

@@ -26,7 +26,9 @@ void NoiseMethod::Synthesize(const RoundContext& ctx) {
 
 torch::Tensor NoiseMethod::Sample(int64_t batch_size, const RoundContext& ctx) {
   seed_ = ctx.seed;
-  return Noise(batch_size, 2, ctx.global_step);
+  // Each rank draws its own share of the global batch.
+  const uint64_t rank = ctx.comm != nullptr ? static_cast<uint64_t>(ctx.comm->rank()) : 0;
+  return Noise(batch_size, 2 + (rank << 8), ctx.global_step);
 }
 
 torch::Tensor NoiseMethod::DistillLoss(const DistillBatch& batch, const RoundContext&) {

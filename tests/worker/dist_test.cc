@@ -1,0 +1,181 @@
+// Data-parallel training over c10d Gloo, with real processes: this binary
+// re-executes itself as each rank (DFKD_DIST_CHILD=1), so no LibTorch state
+// crosses a fork.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "tests/testing/temp_dir.h"
+#include "worker/dist/c10d_communicator.h"
+#include "worker/engine/checkpoint.h"
+#include "worker/engine/supervised_source.h"
+#include "worker/engine/trainer.h"
+#include "worker/models/model_zoo.h"
+
+namespace dfkd::worker {
+namespace {
+
+common::JobSpec Spec() {
+  common::JobSpec s;
+  s.seed = 7;
+  s.model.arch = "wrn";
+  s.train.epochs = 2;
+  s.train.batch_size = 16;  // global: 8 per rank at world size 2
+  s.train.eval_batch_size = 32;
+  s.train.checkpoint_every_steps = 1000;
+  s.train.optim.lr = 0.05;
+  return s;
+}
+
+JobData Data() {
+  torch::manual_seed(11);
+  JobData d;
+  torch::Tensor labels = torch::arange(64).remainder(4);
+  torch::Tensor images = (torch::rand({64, 1, 8, 8}) * 60 +
+                          labels.view({64, 1, 1, 1}).to(torch::kFloat32) * 40)
+                             .to(torch::kUInt8);
+  d.train = std::make_unique<TensorDataset>(images, labels, 4);
+  d.test = std::make_unique<TensorDataset>(images.narrow(0, 0, 16), labels.narrow(0, 0, 16), 4);
+  d.norm = {{0.3f}, {0.3f}};
+  d.num_classes = 4;
+  d.image_shape = {1, 8, 8};
+  return d;
+}
+
+// Forwards to the real source; rank `die_rank` exits abruptly at `die_step`.
+class DyingSource final : public StepSource {
+ public:
+  DyingSource(StepSource& inner, int64_t rank, int64_t die_rank, int64_t die_step)
+      : inner_(inner), rank_(rank), die_rank_(die_rank), die_step_(die_step) {}
+  int64_t steps_per_epoch() const override { return inner_.steps_per_epoch(); }
+  void Start(int64_t step) override { inner_.Start(step); }
+  StepResult Step(int64_t step) override {
+    if (rank_ == die_rank_ && step == die_step_) _exit(9);
+    return inner_.Step(step);
+  }
+
+ private:
+  StepSource& inner_;
+  int64_t rank_, die_rank_, die_step_;
+};
+
+// One rank: trains, then writes its final weights to $DFKD_OUT/rank<r>.pt.
+int ChildMain() {
+  at::set_num_threads(1);
+  RendezvousOptions rdv = RendezvousFromEnv();
+  rdv.timeout = std::chrono::seconds(20);
+  std::unique_ptr<Communicator> comm = MakeGlooCommunicator(rdv);
+  common::JobSpec spec = Spec();
+  JobData data = Data();
+  torch::manual_seed(100 + comm->rank());  // different inits: rank 0's must win
+  Classifier model = MakeClassifier(ModelConfigFor(spec.model, data));
+  SupervisedSource source(spec, model, data, *comm);
+  const char* die = std::getenv("DFKD_DIE_AT_STEP");
+  DyingSource dying(source, comm->rank(), 1, die ? std::atoi(die) : -1);
+  const std::string out = std::getenv("DFKD_OUT");
+  RunControl quiet;
+  quiet.quiet = true;
+  try {
+    Trainer(spec, model, data, *comm, dying, out + "/run").Run(quiet);
+  } catch (const std::exception& e) {
+    std::cerr << "CHILD ERROR: " << e.what() << "\n";
+    return 5;
+  }
+  SaveWeights(out + "/rank" + std::to_string(comm->rank()) + ".pt", *model);
+  return 0;
+}
+
+struct Child {
+  pid_t pid;
+  std::string log;
+};
+
+std::vector<int> RunRanks(const std::string& out, int world, const std::string& die_at,
+                          std::vector<std::string>* logs) {
+  const int port = FindFreePort();
+  std::vector<pid_t> pids;
+  for (int r = 0; r < world; ++r) {
+    const std::string log = out + "/log" + std::to_string(r) + ".txt";
+    pid_t pid = fork();
+    if (pid == 0) {
+      setenv("DFKD_DIST_CHILD", "1", 1);
+      setenv("RANK", std::to_string(r).c_str(), 1);
+      setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+      setenv("MASTER_ADDR", "127.0.0.1", 1);
+      setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      setenv("DFKD_OUT", out.c_str(), 1);
+      if (!die_at.empty()) setenv("DFKD_DIE_AT_STEP", die_at.c_str(), 1);
+      freopen(log.c_str(), "w", stderr);
+      execl("/proc/self/exe", "dist_test", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    pids.push_back(pid);
+    logs->push_back(log);
+  }
+  std::vector<int> codes;
+  for (pid_t p : pids) {
+    int status = 0;
+    waitpid(p, &status, 0);
+    codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  }
+  return codes;
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST(GlooDistTest, TwoRanksEndWithBitIdenticalParameters) {
+  testing::TempDir dir;
+  std::vector<std::string> logs;
+  std::vector<int> codes = RunRanks(dir.path(), 2, "", &logs);
+  ASSERT_EQ(codes, (std::vector<int>{0, 0})) << Slurp(logs[0]) << Slurp(logs[1]);
+  JobData data = Data();
+  common::JobSpec spec = Spec();
+  Classifier a = MakeClassifier(ModelConfigFor(spec.model, data));
+  Classifier b = MakeClassifier(ModelConfigFor(spec.model, data));
+  LoadWeights(dir.File("rank0.pt"), *a);
+  LoadWeights(dir.File("rank1.pt"), *b);
+  auto pb = b->named_parameters();
+  for (const auto& kv : a->named_parameters()) {
+    EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << kv.key();
+  }
+  // Trained, and started from rank 0's weights, not rank 1's.
+  torch::manual_seed(101);
+  Classifier rank1_init = MakeClassifier(ModelConfigFor(spec.model, data));
+  EXPECT_FALSE(torch::equal(rank1_init->parameters()[0], b->parameters()[0]));
+  EXPECT_TRUE(std::filesystem::exists(dir.File("run/result.json")));  // rank 0 wrote it
+}
+
+TEST(GlooDistTest, ADeadRankFailsTheOthersWithAClearError) {
+  testing::TempDir dir;
+  std::vector<std::string> logs;
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<int> codes = RunRanks(dir.path(), 2, "3", &logs);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(codes[1], 9);  // the rank that died
+  EXPECT_EQ(codes[0], 5) << Slurp(logs[0]);
+  std::string log = Slurp(logs[0]);
+  EXPECT_NE(log.find("rank 0 of 2"), std::string::npos) << log;
+  EXPECT_NE(log.find("failed (a peer rank died or timed out)"), std::string::npos) << log;
+  EXPECT_LT(seconds, 20.0 + 10.0);  // within the 20 s collective timeout
+}
+
+}  // namespace
+}  // namespace dfkd::worker
+
+int main(int argc, char** argv) {
+  if (std::getenv("DFKD_DIST_CHILD") != nullptr) return dfkd::worker::ChildMain();
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
