@@ -313,7 +313,6 @@ TEST_F(TrainerTest, LearnsAnEasyTaskAndWritesResult) {
   common::JobSpec spec = Spec();
   spec.train.epochs = 6;
   JobData data = Data();
-  LocalCommunicator comm;
   RunControl quiet;
   quiet.quiet = true;
   RunOutcome out = Train(spec, Model(data, spec), data, dir_.File("r"), quiet);
@@ -332,7 +331,6 @@ TEST_F(TrainerTest, LearnsAnEasyTaskAndWritesResult) {
 TEST_F(TrainerTest, CheckpointOfAnotherSpecIsRefused) {
   common::JobSpec spec = Spec();
   JobData data = Data();
-  LocalCommunicator comm;
   RunControl stop;
   stop.quiet = true;
   stop.stop_at_step = 2;
