@@ -51,6 +51,32 @@ JobData Data() {
   return d;
 }
 
+// A BatchNorm-free classifier: with no per-rank batch statistics, a 2-rank
+// step over the halves of a batch equals a 1-rank step over the whole batch.
+class PlainNetImpl : public ClassifierImpl {
+ public:
+  PlainNetImpl()
+      : conv(register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 8, 3)))),
+        fc(register_module("fc", torch::nn::Linear(8, 4))) {}
+  ClassifierOutput ForwardWithTaps(const torch::Tensor& x, const TapRequest&) override {
+    ClassifierOutput out;
+    out.features = torch::adaptive_avg_pool2d(torch::relu(conv(x)), {1, 1}).flatten(1);
+    out.logits = fc(out.features);
+    return out;
+  }
+  torch::Tensor Classify(const torch::Tensor& f) override { return fc(f); }
+  int64_t feature_dim() const override { return 8; }
+  int64_t num_classes() const override { return 4; }
+  torch::nn::Conv2d conv;
+  torch::nn::Linear fc;
+};
+TORCH_MODULE(PlainNet);
+
+Classifier MakeModel(const common::JobSpec& spec, const JobData& data) {
+  if (std::getenv("DFKD_PLAIN_MODEL") != nullptr) return PlainNet().ptr();
+  return MakeClassifier(ModelConfigFor(spec.model, data));
+}
+
 // Forwards to the real source; rank `die_rank` exits abruptly at `die_step`.
 class DyingSource final : public StepSource {
  public:
@@ -77,7 +103,8 @@ int ChildMain() {
   common::JobSpec spec = Spec();
   JobData data = Data();
   torch::manual_seed(100 + comm->rank());  // different inits: rank 0's must win
-  Classifier model = MakeClassifier(ModelConfigFor(spec.model, data));
+  if (std::getenv("DFKD_PLAIN_MODEL") != nullptr) spec.data.augment = false;
+  Classifier model = MakeModel(spec, data);
   SupervisedSource source(spec, model, data, *comm);
   const char* die = std::getenv("DFKD_DIE_AT_STEP");
   DyingSource dying(source, comm->rank(), 1, die ? std::atoi(die) : -1);
@@ -100,7 +127,7 @@ struct Child {
 };
 
 std::vector<int> RunRanks(const std::string& out, int world, const std::string& die_at,
-                          std::vector<std::string>* logs) {
+                          std::vector<std::string>* logs, bool plain_model = false) {
   const int port = FindFreePort();
   std::vector<pid_t> pids;
   for (int r = 0; r < world; ++r) {
@@ -114,6 +141,7 @@ std::vector<int> RunRanks(const std::string& out, int world, const std::string& 
       setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
       setenv("DFKD_OUT", out.c_str(), 1);
       if (!die_at.empty()) setenv("DFKD_DIE_AT_STEP", die_at.c_str(), 1);
+      if (plain_model) setenv("DFKD_PLAIN_MODEL", "1", 1);
       freopen(log.c_str(), "w", stderr);
       execl("/proc/self/exe", "dist_test", static_cast<char*>(nullptr));
       _exit(127);
@@ -155,6 +183,28 @@ TEST(GlooDistTest, TwoRanksEndWithBitIdenticalParameters) {
   Classifier rank1_init = MakeClassifier(ModelConfigFor(spec.model, data));
   EXPECT_FALSE(torch::equal(rank1_init->parameters()[0], b->parameters()[0]));
   EXPECT_TRUE(std::filesystem::exists(dir.File("run/result.json")));  // rank 0 wrote it
+}
+
+TEST(GlooDistTest, TwoRanksEqualOneRankWithTheSameGlobalBatch) {
+  testing::TempDir one, two;
+  std::vector<std::string> logs;
+  ASSERT_EQ(RunRanks(one.path(), 1, "", &logs, true), (std::vector<int>{0})) << Slurp(logs[0]);
+  ASSERT_EQ(RunRanks(two.path(), 2, "", &logs, true), (std::vector<int>{0, 0}))
+      << Slurp(logs[1]) << Slurp(logs[2]);
+  PlainNet a, b;
+  LoadWeights(one.File("rank0.pt"), *a);
+  LoadWeights(two.File("rank0.pt"), *b);
+  auto pb = b->named_parameters();
+  for (const auto& kv : a->named_parameters()) {
+    const torch::Tensor& x = kv.value();
+    const torch::Tensor& y = pb[kv.key()];
+    const double rel = (x - y).abs().max().item<double>() / x.abs().max().item<double>();
+    EXPECT_LT(rel, 1e-5) << kv.key();
+  }
+  // And training moved the weights (the comparison is not between two inits).
+  torch::manual_seed(100);
+  PlainNet init;
+  EXPECT_GT((init->fc->weight - a->fc->weight).abs().max().item<double>(), 1e-3);
 }
 
 TEST(GlooDistTest, ADeadRankFailsTheOthersWithAClearError) {
