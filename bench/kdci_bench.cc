@@ -100,7 +100,7 @@ Variant Make(Classifier teacher, bool kdci, LocalCommunicator& comm) {
   Variant v;
   v.student = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 10, 3, 32});
   UseChannelsLast(*v.student);
-  MethodDeps deps{teacher, v.student, {3, 32, 32}, 10};
+  MethodDeps deps{teacher, v.student, {3, 32, 32}, 10, NormalizationFor("cifar10")};
   v.source = std::make_unique<DistillSource>(spec, teacher, v.student, MakeMethod(spec, deps),
                                              comm);
   std::vector<torch::Tensor> params = v.student->parameters();

@@ -218,12 +218,21 @@ void ReadTeacher(ObjectReader& r, TeacherSpec* t) {
 void ReadDistill(ObjectReader& r, DistillSpec* d) {
   if (!r.Has("teacher")) r.Error(r.Path("teacher"), "required");
   r.Object("teacher", [&](ObjectReader& c) { ReadTeacher(c, &d->teacher); });
-  r.Enum("method", &d->method, {"noise"});
+  r.Enum("method", &d->method, {"noise", "dafl"});
   r.Number("temperature", &d->temperature, 1e-3, 1000.0);
   r.Int("steps_per_epoch", &d->steps_per_epoch, 1, kBig);
   r.Int("kd_steps", &d->kd_steps, 1, kBig);
   r.Int("synthesis_batch_size", &d->synthesis_batch_size, 1, 1 << 16);
   r.Number("noise_stddev", &d->noise_stddev, 0.0, 100.0);
+  r.Object("dafl", [&](ObjectReader& c) {
+    DaflSpec& a = d->dafl;
+    c.Int("nz", &a.nz, 1, 1 << 16);
+    c.Int("g_steps", &a.g_steps, 1, 1 << 20);
+    c.Number("lr_g", &a.lr_g, 0.0, 10.0);
+    c.Number("oh_weight", &a.oh_weight, 0.0, 1e6);
+    c.Number("ie_weight", &a.ie_weight, 0.0, 1e6);
+    c.Number("act_weight", &a.act_weight, 0.0, 1e6);
+  });
 }
 
 void ReadKdci(ObjectReader& r, KdciSpec* k, const std::string& method) {
@@ -400,7 +409,14 @@ json ToJson(const JobSpec& s) {
                     {"steps_per_epoch", d.steps_per_epoch},
                     {"kd_steps", d.kd_steps},
                     {"synthesis_batch_size", d.synthesis_batch_size},
-                    {"noise_stddev", d.noise_stddev}};
+                    {"noise_stddev", d.noise_stddev},
+                    {"dafl",
+                     {{"nz", d.dafl.nz},
+                      {"g_steps", d.dafl.g_steps},
+                      {"lr_g", d.dafl.lr_g},
+                      {"oh_weight", d.dafl.oh_weight},
+                      {"ie_weight", d.dafl.ie_weight},
+                      {"act_weight", d.dafl.act_weight}}}};
     j["kdci"] = {{"enabled", k.enabled},
                  {"num_prototypes", k.num_prototypes},
                  {"feature_source", k.feature_source},

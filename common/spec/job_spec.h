@@ -84,15 +84,26 @@ struct TeacherSpec {
   int64_t num_classes = 0;     // 0 = the task's; set for another data set's teacher
 };
 
+// DAFL's options (dfkd-methods.md §3, Fast-Datafree's values).
+struct DaflSpec {
+  int64_t nz = 512;
+  int64_t g_steps = 1;
+  double lr_g = 1e-3;
+  double oh_weight = 1.0;
+  double ie_weight = 20.0;
+  double act_weight = 0.001;
+};
+
 // kind distill: a student learns from `teacher` without its training data.
 struct DistillSpec {
   TeacherSpec teacher;
-  std::string method = "noise";        // noise (later: dafl, deepinv, fast, cmi, mosaickd, dfnd)
+  std::string method = "noise";        // noise | dafl (later: deepinv, fast, cmi, mosaickd, dfnd)
   double temperature = 20.0;           // KD temperature (the references' CIFAR value)
   int64_t steps_per_epoch = 400;       // student steps between evaluations
   int64_t kd_steps = 400;              // student steps per synthesis round
   int64_t synthesis_batch_size = 256;
   double noise_stddev = 1.0;           // method noise
+  DaflSpec dafl;                       // method dafl
 };
 
 // KDCI on top of the distill method (dfkd-methods.md §1; defaults §1.7).

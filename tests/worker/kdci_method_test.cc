@@ -191,7 +191,7 @@ TEST(KdciFactoryTest, DisabledIsTheInnerMethodBitForBit) {
   common::JobSpec spec;
   spec.kind = common::JobKind::kDistill;
   spec.distill.method = "noise";
-  MethodDeps deps{fx.teacher, fx.student, {1, 8, 8}, 4};
+  MethodDeps deps{fx.teacher, fx.student, {1, 8, 8}, 4, {{0.5f}, {0.5f}}};
   std::unique_ptr<Method> off = MakeMethod(spec, deps);
   EXPECT_EQ(off->name(), "noise");
   NoiseMethod direct(NoiseOptions().temperature(20.0), deps);
@@ -237,7 +237,7 @@ TEST(KdciDistillTest, ResumeMidRoundEqualsUninterrupted) {
   data.image_shape = {1, 8, 8};
   auto run = [&](const std::string& out, int64_t stop_at, Classifier student) {
     LocalCommunicator comm;
-    MethodDeps deps{fx.teacher, student, data.image_shape, 4};
+    MethodDeps deps{fx.teacher, student, data.image_shape, 4, data.norm};
     DistillSource source(spec, fx.teacher, student, MakeMethod(spec, deps), comm);
     RunControl c;
     c.quiet = true;

@@ -41,6 +41,13 @@ torch::Tensor Normalize(const torch::Tensor& images_u8, const Normalization& nor
   return images_u8.to(torch::kFloat32).mul_(scale).add_(shift);
 }
 
+torch::Tensor NormalizeUnit(const torch::Tensor& images01, const Normalization& norm) {
+  int64_t c = images01.size(1);
+  torch::Tensor mean = Shaped(norm.mean, c).to(images01.device());
+  torch::Tensor stdv = Shaped(norm.std, c).to(images01.device());
+  return (images01 - mean) / stdv;
+}
+
 torch::Tensor Denormalize(const torch::Tensor& images, const Normalization& norm) {
   int64_t c = images.size(1);
   torch::Tensor mean = Shaped(norm.mean, c).to(images.device());

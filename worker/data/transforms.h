@@ -29,6 +29,10 @@ Normalization NormalizationFor(const std::string& dataset);
 // uint8 [B, C, H, W] -> float [B, C, H, W], (x/255 - mean) / std.
 torch::Tensor Normalize(const torch::Tensor& images_u8, const Normalization& norm);
 
+// Float images in [0, 1] (a generator's output) -> normalised, keeping
+// autograd (gradients flow back into the generator).
+torch::Tensor NormalizeUnit(const torch::Tensor& images01, const Normalization& norm);
+
 // The inverse of Normalize, into [0, 1].
 torch::Tensor Denormalize(const torch::Tensor& images, const Normalization& norm);
 

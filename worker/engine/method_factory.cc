@@ -3,6 +3,8 @@
 #include <stdexcept>
 
 #include "worker/kdci/kdci_method.h"
+#include "worker/data/transforms.h"
+#include "worker/methods/dafl.h"
 #include "worker/methods/noise_method.h"
 
 namespace dfkd::worker {
@@ -26,6 +28,19 @@ std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps
                                                .stddev(d.noise_stddev)
                                                .synthesis_batch_size(d.synthesis_batch_size),
                                            deps);
+  } else if (d.method == "dafl") {
+    const common::DaflSpec& a = d.dafl;
+    method = std::make_unique<Dafl>(DaflOptions()
+                                        .temperature(d.temperature)
+                                        .nz(a.nz)
+                                        .synthesis_batch_size(d.synthesis_batch_size)
+                                        .g_steps(a.g_steps)
+                                        .lr_g(a.lr_g)
+                                        .oh_weight(a.oh_weight)
+                                        .ie_weight(a.ie_weight)
+                                        .act_weight(a.act_weight)
+                                        .norm(deps.norm),
+                                    deps);
   } else {
     throw std::invalid_argument("distill.method: '" + d.method + "' is not built in yet");
   }

@@ -31,6 +31,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "worker/data/transforms.h"
 #include "worker/dist/communicator.h"
 #include "worker/models/classifier.h"
 
@@ -64,6 +65,7 @@ struct MethodDeps {
   Classifier student;
   std::vector<int64_t> image_shape;  // {C, H, W} of the task
   int64_t num_classes = 0;
+  Normalization norm;                // the task's input normalisation
 };
 
 class Method {
