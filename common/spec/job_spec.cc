@@ -218,7 +218,7 @@ void ReadTeacher(ObjectReader& r, TeacherSpec* t) {
 void ReadDistill(ObjectReader& r, DistillSpec* d) {
   if (!r.Has("teacher")) r.Error(r.Path("teacher"), "required");
   r.Object("teacher", [&](ObjectReader& c) { ReadTeacher(c, &d->teacher); });
-  r.Enum("method", &d->method, {"noise", "dafl"});
+  r.Enum("method", &d->method, {"noise", "dafl", "deepinv"});
   r.Number("temperature", &d->temperature, 1e-3, 1000.0);
   r.Int("steps_per_epoch", &d->steps_per_epoch, 1, kBig);
   r.Int("kd_steps", &d->kd_steps, 1, kBig);
@@ -232,6 +232,20 @@ void ReadDistill(ObjectReader& r, DistillSpec* d) {
     c.Number("oh_weight", &a.oh_weight, 0.0, 1e6);
     c.Number("ie_weight", &a.ie_weight, 0.0, 1e6);
     c.Number("act_weight", &a.act_weight, 0.0, 1e6);
+  });
+  r.Object("deepinv", [&](ObjectReader& c) {
+    DeepInvSpec& a = d->deepinv;
+    c.Int("g_steps", &a.g_steps, 0, 1 << 20);
+    c.Number("lr", &a.lr, 0.0, 100.0);
+    c.Number("bn_weight", &a.bn_weight, 0.0, 1e6);
+    c.Number("oh_weight", &a.oh_weight, 0.0, 1e6);
+    c.Number("adv_weight", &a.adv_weight, 0.0, 1e6);
+    c.Number("tv_weight", &a.tv_weight, 0.0, 1e6);
+    c.Number("l2_weight", &a.l2_weight, 0.0, 1e6);
+    c.Number("student_bn_weight", &a.student_bn_weight, 0.0, 1e6);
+    c.Int("jitter", &a.jitter, 0, 1024);
+    c.Int("pool_max_images", &a.pool_max_images, 1, kBig);
+    c.Bool("keep_lowest_loss", &a.keep_lowest_loss);
   });
 }
 
@@ -416,7 +430,19 @@ json ToJson(const JobSpec& s) {
                       {"lr_g", d.dafl.lr_g},
                       {"oh_weight", d.dafl.oh_weight},
                       {"ie_weight", d.dafl.ie_weight},
-                      {"act_weight", d.dafl.act_weight}}}};
+                      {"act_weight", d.dafl.act_weight}}},
+                    {"deepinv",
+                     {{"g_steps", d.deepinv.g_steps},
+                      {"lr", d.deepinv.lr},
+                      {"bn_weight", d.deepinv.bn_weight},
+                      {"oh_weight", d.deepinv.oh_weight},
+                      {"adv_weight", d.deepinv.adv_weight},
+                      {"tv_weight", d.deepinv.tv_weight},
+                      {"l2_weight", d.deepinv.l2_weight},
+                      {"student_bn_weight", d.deepinv.student_bn_weight},
+                      {"jitter", d.deepinv.jitter},
+                      {"pool_max_images", d.deepinv.pool_max_images},
+                      {"keep_lowest_loss", d.deepinv.keep_lowest_loss}}}};
     j["kdci"] = {{"enabled", k.enabled},
                  {"num_prototypes", k.num_prototypes},
                  {"feature_source", k.feature_source},

@@ -94,16 +94,32 @@ struct DaflSpec {
   double act_weight = 0.001;
 };
 
+// DeepInversion's options (dfkd-methods.md §6, Fast-Datafree's values).
+struct DeepInvSpec {
+  int64_t g_steps = 1000;              // Adam iterations on the pixels per round
+  double lr = 0.1;
+  double bn_weight = 10.0;
+  double oh_weight = 1.0;
+  double adv_weight = 1.0;
+  double tv_weight = 0.0;
+  double l2_weight = 0.0;
+  double student_bn_weight = 0.001;
+  int64_t jitter = 4;
+  int64_t pool_max_images = 51200;
+  bool keep_lowest_loss = true;        // false: the final iterate (what the code keeps)
+};
+
 // kind distill: a student learns from `teacher` without its training data.
 struct DistillSpec {
   TeacherSpec teacher;
-  std::string method = "noise";        // noise | dafl (later: deepinv, fast, cmi, mosaickd, dfnd)
+  std::string method = "noise";        // noise | dafl | deepinv (later: fast, cmi, mosaickd, dfnd)
   double temperature = 20.0;           // KD temperature (the references' CIFAR value)
   int64_t steps_per_epoch = 400;       // student steps between evaluations
   int64_t kd_steps = 400;              // student steps per synthesis round
   int64_t synthesis_batch_size = 256;
   double noise_stddev = 1.0;           // method noise
   DaflSpec dafl;                       // method dafl
+  DeepInvSpec deepinv;                 // method deepinv
 };
 
 // KDCI on top of the distill method (dfkd-methods.md §1; defaults §1.7).

@@ -47,7 +47,8 @@ JobStatus Distill(const common::JobSpec& spec, const std::string& out_dir,
   torch::manual_seed(spec.seed);
   Classifier student = MakeClassifier(ModelConfigFor(spec.model, data));
   if (cl) UseChannelsLast(*student);
-  MethodDeps deps{teacher, student, data.image_shape, data.num_classes, data.norm};
+  MethodDeps deps{teacher, student, data.image_shape, data.num_classes, data.norm,
+                  data.crop_padding};
   DistillSource source(spec, teacher, student, MakeMethod(spec, deps, other), comm);
   Trainer trainer(spec, student, data, comm, source, out_dir);
   trainer.AddResultFields({{"teacher_test_top1", teacher_eval.top1},

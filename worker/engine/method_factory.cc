@@ -5,6 +5,7 @@
 #include "worker/kdci/kdci_method.h"
 #include "worker/data/transforms.h"
 #include "worker/methods/dafl.h"
+#include "worker/methods/deep_inversion.h"
 #include "worker/methods/noise_method.h"
 
 namespace dfkd::worker {
@@ -41,6 +42,25 @@ std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps
                                         .act_weight(a.act_weight)
                                         .norm(deps.norm),
                                     deps);
+  } else if (d.method == "deepinv") {
+    const common::DeepInvSpec& a = d.deepinv;
+    method = std::make_unique<DeepInversion>(DeepInversionOptions()
+                                                 .temperature(d.temperature)
+                                                 .synthesis_batch_size(d.synthesis_batch_size)
+                                                 .g_steps(a.g_steps)
+                                                 .lr(a.lr)
+                                                 .bn_weight(a.bn_weight)
+                                                 .oh_weight(a.oh_weight)
+                                                 .adv_weight(a.adv_weight)
+                                                 .tv_weight(a.tv_weight)
+                                                 .l2_weight(a.l2_weight)
+                                                 .student_bn_weight(a.student_bn_weight)
+                                                 .jitter(a.jitter)
+                                                 .pool_max_images(a.pool_max_images)
+                                                 .keep_lowest_loss(a.keep_lowest_loss)
+                                                 .crop_padding(deps.crop_padding)
+                                                 .norm(deps.norm),
+                                             deps);
   } else {
     throw std::invalid_argument("distill.method: '" + d.method + "' is not built in yet");
   }

@@ -93,7 +93,8 @@ DeepInversion::DeepInversion(DeepInversionOptions options, MethodDeps deps)
   TORCH_CHECK(deps_.teacher && deps_.student, "deepinv: teacher and student required");
   TORCH_CHECK(deps_.image_shape.size() == 3, "deepinv: image shape must be {C, H, W}");
   TORCH_CHECK(deps_.num_classes > 0, "deepinv: num_classes must be positive");
-  TORCH_CHECK(options_.synthesis_batch_size() > 0, "deepinv: synthesis_batch_size must be positive");
+  TORCH_CHECK(options_.synthesis_batch_size() > 0,
+              "deepinv: synthesis_batch_size must be positive");
   TORCH_CHECK(options_.g_steps() >= 0, "deepinv: g_steps must be >= 0");
   TORCH_CHECK(options_.jitter() >= 0, "deepinv: jitter must be >= 0");
   TORCH_CHECK(options_.crop_padding() >= 0, "deepinv: crop_padding must be >= 0");
@@ -180,8 +181,8 @@ void DeepInversion::Synthesize(const RoundContext& ctx) {
     x.copy_(ClampToImageRange(x));
   }
   if (!o.keep_lowest_loss()) best = x.detach().clone();
-  // The reference keeps x0 unclipped when no step improves on it; clipping the
-  // kept batch makes it exactly what the pool's images encode.
+  // x0 is never clipped (nor in the reference); clipping the kept batch makes
+  // it exactly what the pool's uint8 images encode.
   last_ = ClampToImageRange(best).detach();
 
   torch::Tensor u8 = (Denormalize(last_, o.norm()) * 255.0)

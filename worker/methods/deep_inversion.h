@@ -13,8 +13,10 @@
 // y uniform random labels, both models in eval mode. Reference choices taken:
 // Fast-Datafree's weights (bn 10, oh 1, adv 1, tv 0, l2 0), its fixed -0.001
 // student-BN term, jitter + flip, x clipped per channel to the image range
-// after every step, kept batch = the lowest-loss iterate (keep_lowest_loss;
-// false keeps the final iterate), kept batch quantised to uint8 into a
+// after every step, kept batch = the lowest-loss iterate (the reference's
+// intent; its `best_inputs = inputs.data` aliases the live pixels, which Adam
+// and clip_images update in place, so its code in effect keeps the final
+// iterate: keep_lowest_loss(false)), kept batch quantised to uint8 into a
 // bounded pool (the reference's PNG pool), plain KD (T = 20) on pool batches
 // augmented with the data set's train transform (crop pad 4 + flip).
 //

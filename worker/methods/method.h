@@ -66,6 +66,7 @@ struct MethodDeps {
   std::vector<int64_t> image_shape;  // {C, H, W} of the task
   int64_t num_classes = 0;
   Normalization norm;                // the task's input normalisation
+  int64_t crop_padding = 4;          // the task's random-crop padding (pool methods)
 };
 
 class Method {
