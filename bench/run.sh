@@ -9,6 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=$(mktemp)
 "$build/bin/dfkd-bench-train-step" --threads 2 --steps "$steps" | tee "$out"
 "$build/bin/dfkd-bench-kdci" --mode time --pairs 20 | tee -a "$out"
+"$build/bin/dfkd-bench-synthesis" | tee -a "$out"
 for m in memory-base memory-base-lapack memory-kdci; do
   "$build/bin/dfkd-bench-kdci" --mode $m | tee -a "$out"
 done
@@ -43,6 +44,11 @@ for r in rows:
     if r["bench"] == "dictionary_build_pool":
         print("dictionary build, streamed pool %dx%d, N=%d: %.1f s (%d Lloyd iterations)"
               % (r["points"], r["dim"], r["prototypes"], r["seconds"], r["kmeans_iterations"]))
+    if r["bench"] == "synthesis" and r["method"] == "dafl":
+        print("synthesis DAFL: %.2f s per generator step of 256, %.0f images/s" % (r["seconds_per_generator_step"], r["images_per_second"]))
+    if r["bench"] == "synthesis" and r["method"] == "deepinv":
+        print("synthesis DeepInv: %.2f s per pixel step of 256, %.3f images/s at 1000 steps a round"
+              % (r["seconds_per_pixel_step"], r["images_per_second_at_1000_steps"]))
     if r["bench"] == "loader":
         print("loader %-22s %8.0f images/s (batch 128, augment + normalise, %d threads)"
               % (r["data"], r["images_per_s"], r["threads"]))
