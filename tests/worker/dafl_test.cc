@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "tests/testing/temp_dir.h"
+#include "tests/testing/tiny_task.h"
 #include "worker/engine/distill_source.h"
 #include "worker/engine/method_factory.h"
 #include "worker/engine/trainer.h"
@@ -131,12 +132,7 @@ TEST(DaflTest, ResumedDistillationEqualsUninterrupted) {
   spec.distill.synthesis_batch_size = 8;
   spec.distill.dafl.nz = 16;
   spec.distill.dafl.g_steps = 2;
-  JobData data;
-  data.test = std::make_unique<TensorDataset>(
-      torch::randint(256, {12, 1, 8, 8}, torch::kUInt8), torch::arange(12).remainder(4), 4);
-  data.norm = {{0.5f}, {0.5f}};
-  data.num_classes = 4;
-  data.image_shape = {1, 8, 8};
+  JobData data = testing::TinyDistillTask(12);
   auto run = [&](const std::string& out, int64_t stop_at, uint64_t init_seed) {
     torch::manual_seed(init_seed);
     Classifier student = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "tests/testing/temp_dir.h"
+#include "tests/testing/tiny_task.h"
 #include "worker/engine/distill_source.h"
 #include "worker/engine/method_factory.h"
 #include "worker/engine/trainer.h"
@@ -229,12 +230,7 @@ TEST(KdciDistillTest, ResumeMidRoundEqualsUninterrupted) {
   spec.distill.synthesis_batch_size = 32;
   spec.kdci.enabled = true;
   spec.kdci.num_prototypes = 4;
-  JobData data;
-  data.test = std::make_unique<TensorDataset>(
-      torch::randint(256, {20, 1, 8, 8}, torch::kUInt8), torch::arange(20).remainder(4), 4);
-  data.norm = {{0.5f}, {0.5f}};
-  data.num_classes = 4;
-  data.image_shape = {1, 8, 8};
+  JobData data = testing::TinyDistillTask(20);
   auto run = [&](const std::string& out, int64_t stop_at, Classifier student) {
     LocalCommunicator comm;
     MethodDeps deps{fx.teacher, student, data.image_shape, 4, data.norm};

@@ -33,6 +33,13 @@ Classifier LoadTeacher(const common::TeacherSpec& t, const JobData& data,
   return model;
 }
 
+JobStatus StatusOf(const RunOutcome& outcome) {
+  JobStatus status;
+  status.code = outcome.finished ? JobCode::kOk : JobCode::kStopped;
+  status.result = outcome.result;
+  return status;
+}
+
 JobStatus Distill(const common::JobSpec& spec, const std::string& out_dir,
                   const RunControl& control, Communicator& comm) {
   JobData data = LoadJobData(spec.data, /*need_train=*/false);
@@ -54,11 +61,7 @@ JobStatus Distill(const common::JobSpec& spec, const std::string& out_dir,
   trainer.AddResultFields({{"teacher_test_top1", teacher_eval.top1},
                            {"teacher_model", ModelName(ModelConfigFor(spec.distill.teacher.model,
                                                                       data))}});
-  RunOutcome outcome = trainer.Run(control);
-  JobStatus status;
-  status.code = outcome.finished ? JobCode::kOk : JobCode::kStopped;
-  status.result = outcome.result;
-  return status;
+  return StatusOf(trainer.Run(control));
 }
 
 JobStatus Supervised(const common::JobSpec& spec, const std::string& out_dir,
@@ -68,11 +71,7 @@ JobStatus Supervised(const common::JobSpec& spec, const std::string& out_dir,
   Classifier model = MakeClassifier(ModelConfigFor(spec.model, data));
   if (spec.runtime.channels_last) UseChannelsLast(*model);
   SupervisedSource source(spec, model, data, comm);
-  RunOutcome outcome = Trainer(spec, model, data, comm, source, out_dir).Run(control);
-  JobStatus status;
-  status.code = outcome.finished ? JobCode::kOk : JobCode::kStopped;
-  status.result = outcome.result;
-  return status;
+  return StatusOf(Trainer(spec, model, data, comm, source, out_dir).Run(control));
 }
 
 }  // namespace

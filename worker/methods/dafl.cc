@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "worker/methods/losses.h"
+#include "worker/methods/seeding.h"
 
 namespace dfkd::worker {
 
@@ -30,10 +31,8 @@ Dafl::Dafl(DaflOptions options, MethodDeps deps)
 }
 
 torch::Tensor Dafl::Z(int64_t n, uint64_t stream, int64_t index, const RoundContext& ctx) const {
-  const uint64_t rank = ctx.comm != nullptr ? static_cast<uint64_t>(ctx.comm->rank()) : 0;
-  uint64_t s = ctx.seed * 0x9e3779b97f4a7c15ull ^ (stream << 48) ^ (rank << 40) ^
-               static_cast<uint64_t>(index);
-  at::Generator gen = at::detail::createCPUGenerator(s);
+  at::Generator gen = at::detail::createCPUGenerator(
+      StreamSeed(ctx.seed, stream, static_cast<uint64_t>(index) ^ (RankOf(ctx) << 40)));
   return torch::randn({n, options_.nz()}, gen, torch::kFloat32);
 }
 

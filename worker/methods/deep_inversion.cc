@@ -10,19 +10,12 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "worker/methods/losses.h"
+#include "worker/methods/seeding.h"
 
 namespace dfkd::worker {
 
 namespace {
 
-// The same mixing as NoiseMethod: a pure function of (job seed, stream, index).
-uint64_t MixSeed(uint64_t seed, uint64_t stream, int64_t index) {
-  return seed * 0x9e3779b97f4a7c15ull ^ (stream << 48) ^ static_cast<uint64_t>(index);
-}
-
-uint64_t RankOf(const RoundContext& ctx) {
-  return ctx.comm != nullptr ? static_cast<uint64_t>(ctx.comm->rank()) : 0;
-}
 
 // [1, C, 1, 1] from a per-channel (or single) value list.
 torch::Tensor ChannelVector(const std::vector<float>& v, int64_t channels) {
@@ -122,7 +115,7 @@ torch::Tensor DeepInversion::ClampToImageRange(const torch::Tensor& x) const {
 void DeepInversion::Synthesize(const RoundContext& ctx) {
   const DeepInversionOptions& o = options_;
   const int64_t b = o.synthesis_batch_size();
-  const uint64_t key = MixSeed(ctx.seed, 1 + (RankOf(ctx) << 8), ctx.round);
+  const uint64_t key = StreamSeed(ctx.seed, 1 + (RankOf(ctx) << 8), ctx.round);
   at::Generator gen = at::detail::createCPUGenerator(key);
   std::mt19937_64 rng(key);
   std::vector<int64_t> shape = {b};
@@ -201,7 +194,7 @@ void DeepInversion::Synthesize(const RoundContext& ctx) {
 torch::Tensor DeepInversion::Sample(int64_t batch_size, const RoundContext& ctx) {
   TORCH_CHECK(pool_size() > 0, "deepinv: Sample() before any Synthesize()");
   TORCH_CHECK(batch_size > 0, "deepinv: batch_size must be positive");
-  const uint64_t key = MixSeed(ctx.seed, 2 + (RankOf(ctx) << 8), ctx.global_step);
+  const uint64_t key = StreamSeed(ctx.seed, 2 + (RankOf(ctx) << 8), ctx.global_step);
   at::Generator gen = at::detail::createCPUGenerator(key);
   std::mt19937_64 rng(key);
   torch::Tensor idx = torch::randint(0, pool_size(), {batch_size}, gen, torch::kLong);

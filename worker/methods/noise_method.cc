@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "worker/methods/losses.h"
+#include "worker/methods/seeding.h"
 
 namespace dfkd::worker {
 
@@ -11,24 +12,22 @@ NoiseMethod::NoiseMethod(NoiseOptions options, MethodDeps deps)
   TORCH_CHECK(deps_.image_shape.size() == 3, "noise: image shape must be {C, H, W}");
 }
 
-torch::Tensor NoiseMethod::Noise(int64_t n, uint64_t stream, int64_t index) const {
-  uint64_t s = seed_ * 0x9e3779b97f4a7c15ull ^ (stream << 48) ^ static_cast<uint64_t>(index);
-  at::Generator gen = at::detail::createCPUGenerator(s);
+torch::Tensor NoiseMethod::Noise(int64_t n, uint64_t seed, uint64_t stream,
+                                 int64_t index) const {
+  at::Generator gen =
+      at::detail::createCPUGenerator(StreamSeed(seed, stream, static_cast<uint64_t>(index)));
   std::vector<int64_t> shape = {n};
   shape.insert(shape.end(), deps_.image_shape.begin(), deps_.image_shape.end());
   return torch::randn(shape, gen, torch::kFloat32) * options_.stddev();
 }
 
 void NoiseMethod::Synthesize(const RoundContext& ctx) {
-  seed_ = ctx.seed;
-  last_ = Noise(options_.synthesis_batch_size(), 1, ctx.round);
+  last_ = Noise(options_.synthesis_batch_size(), ctx.seed, 1, ctx.round);
 }
 
 torch::Tensor NoiseMethod::Sample(int64_t batch_size, const RoundContext& ctx) {
-  seed_ = ctx.seed;
   // Each rank draws its own share of the global batch.
-  const uint64_t rank = ctx.comm != nullptr ? static_cast<uint64_t>(ctx.comm->rank()) : 0;
-  return Noise(batch_size, 2 + (rank << 8), ctx.global_step);
+  return Noise(batch_size, ctx.seed, 2 + (RankOf(ctx) << 8), ctx.global_step);
 }
 
 torch::Tensor NoiseMethod::DistillLoss(const DistillBatch& batch, const RoundContext&) {

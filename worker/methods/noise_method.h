@@ -32,11 +32,10 @@ class NoiseMethod final : public Method {
  private:
   // Noise seeded by (job seed, stream, index): a pure function, so a resumed
   // run draws exactly what an uninterrupted one would.
-  torch::Tensor Noise(int64_t n, uint64_t stream, int64_t index) const;
+  torch::Tensor Noise(int64_t n, uint64_t seed, uint64_t stream, int64_t index) const;
 
   NoiseOptions options_;
   MethodDeps deps_;
-  uint64_t seed_ = 0;
   torch::Tensor last_;
 };
 
