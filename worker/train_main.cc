@@ -129,6 +129,10 @@ int main(int argc, char** argv) {
   app.add_flag("--print-spec", print_spec,
                "print the spec with every default filled in and exit");
   app.add_flag("-q,--quiet", quiet, "no progress output");
+  std::string events_path;
+  app.add_option("--events", events_path,
+                 "append machine-readable progress, evaluations and checkpoints to this\n"
+                 "file as JSON lines (used by dfkd-worker)");
   app.add_option("--nproc", nproc,
                  "start this many local ranks (data-parallel, Gloo); across machines set\n"
                  "MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE instead, as with torchrun")
@@ -187,6 +191,7 @@ int main(int argc, char** argv) {
   control.stop = &g_stop;
   control.fresh = fresh;
   control.quiet = quiet;
+  control.events_path = events_path;
   dfkd::worker::JobStatus status = dfkd::worker::RunJob(spec, out_dir, control, comm.get());
   if (!root && status.code == dfkd::worker::JobCode::kOk) return kExitOk;
   switch (status.code) {

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -74,8 +75,32 @@ TEST(DfkdTrainCliTest, InstantSpecRunsThenResumesAsDone) {
   if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   dfkd::testing::TempDir dir;
   std::string spec = Source("tests/configs/instant/teacher_fashion_mnist.json");
-  ExecResult first = Exec(Binary() + " " + spec + " -o " + dir.File("out") + " --max-steps 3");
+  ExecResult first = Exec(Binary() + " " + spec + " -o " + dir.File("out") +
+                          " --max-steps 3 --events " + dir.File("events.jsonl"));
   ASSERT_EQ(first.code, 0) << first.output;
+  // The events a supervising dfkd-worker follows: progress every step here
+  // (1% of 3 steps rounds up to 1), the final evaluation, checkpoints.
+  std::map<std::string, int> events;
+  int64_t last_progress_step = 0;
+  std::ifstream event_file(dir.File("events.jsonl"));
+  for (std::string line; std::getline(event_file, line);) {
+    nlohmann::json e = nlohmann::json::parse(line);
+    ++events[e["event"].get<std::string>()];
+    if (e["event"] == "progress") {
+      EXPECT_EQ(e["total"], 3);
+      last_progress_step = e["step"];
+    }
+    if (e["event"] == "checkpoint") {
+      EXPECT_EQ(e["path"], dir.File("out") + "/checkpoint.pt");
+    }
+    if (e["event"] == "eval") {
+      EXPECT_TRUE(e.contains("test_top1"));
+    }
+  }
+  EXPECT_EQ(events["progress"], 3);
+  EXPECT_EQ(last_progress_step, 3);
+  EXPECT_GE(events["eval"], 1);
+  EXPECT_GE(events["checkpoint"], 2);  // every 3 steps (checkpoint_every_steps) + final
   EXPECT_NE(first.output.find("test top-1"), std::string::npos) << first.output;
   // Plain progress lines when not a terminal.
   EXPECT_NE(first.output.find("100.0% 3/3"), std::string::npos) << first.output;

@@ -67,8 +67,13 @@ RunOutcome Trainer::Run(const RunControl& control) {
                      std::to_string(state.step) + "/" + std::to_string(total));
   }
 
-  std::ofstream metrics;
+  std::ofstream metrics, events;
   if (root) metrics.open(fs::path(out_dir_) / "metrics.jsonl", std::ios::app);
+  if (root && !control.events_path.empty()) events.open(control.events_path, std::ios::app);
+  auto emit = [&](nlohmann::json event) {
+    if (events.is_open()) events << event.dump() << "\n" << std::flush;
+  };
+  const int64_t progress_every = std::max<int64_t>(1, total / 100);
   const double earlier_seconds = state.train_seconds;  // before this process
   const auto session_start = Clock::now();
   auto session_seconds = [&] {
@@ -79,6 +84,7 @@ RunOutcome Trainer::Run(const RunControl& control) {
     if (root) {
       SaveCheckpoint(ckpt_path, *model_, optimizer, state,
                      [&](torch::serialize::OutputArchive& a) { source_.Save(a); });
+      emit({{"event", "checkpoint"}, {"step", state.step}, {"path", ckpt_path}});
     }
   };
   const bool channels_last = spec_.runtime.channels_last;
@@ -112,6 +118,10 @@ RunOutcome Trainer::Run(const RunControl& control) {
         msg += Fmt("  compensated %.2f%%", ev.compensated_top1);
       }
       metrics << line.dump() << "\n" << std::flush;
+      nlohmann::json event = {{"event", "eval"}, {"step", state.step},
+                              {"test_top1", ev.top1}, {"test_loss", ev.loss}};
+      if (ev.compensated_top1 >= 0) event["test_top1_compensated"] = ev.compensated_top1;
+      emit(event);
       progress.Message(msg);
     }
     comm_.Barrier();
@@ -148,6 +158,11 @@ RunOutcome Trainer::Run(const RunControl& control) {
     const double secs = session_seconds();
     progress.Update(state.step, Fmt("loss %.4f  acc %.1f%%  %.0f img/s", loss_avg, acc_avg,
                                     secs > 0 ? images / secs : 0.0));
+    if (state.step % progress_every == 0 || state.step == total) {
+      emit({{"event", "progress"}, {"step", state.step}, {"total", total},
+            {"train_loss", loss_avg}, {"train_top1", acc_avg},
+            {"images_per_second", secs > 0 ? images / secs : 0.0}});
+    }
 
     if (state.step % per_epoch == 0 &&
         (state.step / per_epoch) % spec_.train.eval_every_epochs == 0) {

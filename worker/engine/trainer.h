@@ -37,6 +37,11 @@ struct RunControl {
   int64_t stop_at_step = -1;                // act as if stopped after this step
   bool fresh = false;                       // ignore an existing checkpoint
   bool quiet = false;                       // no progress output
+  // Machine-readable progress for a supervising daemon (dfkd-worker): JSON
+  // lines appended to this file by rank 0 ("" = none). Events: "progress"
+  // about every 1% of the run, "eval" after each evaluation, "checkpoint"
+  // after each checkpoint write. See worker/daemon/README.md.
+  std::string events_path;
 };
 
 struct RunOutcome {
