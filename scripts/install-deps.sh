@@ -7,7 +7,7 @@ PKGS=(
   build-essential cmake ninja-build ccache pkg-config curl
   libtorch-dev libgloo-dev libopenblas0-pthread
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libpqxx-dev postgresql
+  libpqxx-dev postgresql openssl libssl-dev
   prometheus-cpp-dev prometheus
   nlohmann-json3-dev libcli11-dev libgtest-dev zlib1g-dev libopencv-dev
   dataset-fashion-mnist python3-torch

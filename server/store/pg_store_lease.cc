@@ -1,0 +1,452 @@
+// PgStore: the worker side. Leasing (single runs and gangs), heartbeats,
+// metrics, checkpoints, finishing and lease expiry. See README.md for the
+// statements in order.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "server/store/pg_store.h"
+#include "server/store/pg_util.h"
+#include "server/store/token_hash.h"
+
+namespace dfkd::server {
+namespace {
+
+using Code = StoreError::Code;
+constexpr int kAttemptTokenBytes = 16;
+
+// The assignment of one rank: the run's spec with the teacher's weights
+// filled in (distill runs), where to resume and where to write.
+api::Assignment BuildAssignment(pqxx::work& txn, const StoreOptions& options, int64_t run_id,
+                                int attempt, int rank, const std::string& token,
+                                const std::string& master_addr, int master_port) {
+  const pqxx::row row = txn.exec_params1(
+      "SELECT r.spec::text AS spec, r.world_size, r.latest_checkpoint, "
+      "       r.depends_on IS NOT NULL AS has_teacher, coalesce(d.artifact, '') AS teacher "
+      "FROM runs r LEFT JOIN runs d ON d.id = r.depends_on WHERE r.id = $1",
+      run_id);
+  std::string spec = row["spec"].as<std::string>();
+  if (row["has_teacher"].as<bool>()) {
+    nlohmann::json json = nlohmann::json::parse(spec);
+    if (json.is_object()) {
+      json["distill"]["teacher"]["weights"] = row["teacher"].as<std::string>();
+      spec = json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
+  }
+  std::string root = options.artifact_root;
+  while (root.size() > 1 && root.back() == '/') root.pop_back();
+
+  api::Assignment assignment;
+  assignment.set_run_id(run_id);
+  assignment.set_attempt(attempt);
+  assignment.set_attempt_token(token);
+  assignment.set_rank(rank);
+  assignment.set_world_size(row["world_size"].as<int>());
+  assignment.set_master_addr(master_addr);
+  assignment.set_master_port(master_port);
+  assignment.set_spec_json(spec);
+  assignment.set_resume_checkpoint(row["latest_checkpoint"].as<std::string>());
+  assignment.set_output_dir(root + "/runs/" + std::to_string(run_id));
+  return assignment;
+}
+
+[[noreturn]] void LeaseLost(int64_t run_id, const PgStore::TokenCheck& check) {
+  std::string message = "lease lost: run " + std::to_string(run_id);
+  if (!check.run_found) {
+    message += " does not exist";
+  } else if (!check.has_attempt) {
+    message += ": the token belongs to no attempt of this run";
+  } else {
+    message += " is " + check.state + " at attempt " + std::to_string(check.run_attempt) +
+               "; this token's attempt " + std::to_string(check.attempt) +
+               (check.ended ? " has ended" : " is not live");
+  }
+  throw StoreError(Code::kAborted, message);
+}
+
+std::string Seconds(double seconds) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), seconds >= 10 ? "%.0f" : "%.1f", seconds);
+  return buffer;
+}
+
+}  // namespace
+
+PgStore::TokenCheck PgStore::LockRunForToken(pqxx::work& txn, int64_t run_id,
+                                             const std::string& token) {
+  TokenCheck check;
+  const pqxx::result rows = txn.exec_params(
+      "SELECT r.state, r.attempt AS run_attempt, r.max_attempts, r.world_size, r.campaign_id, "
+      "       a.attempt, a.rank, a.worker_id, a.ended_at IS NOT NULL AS ended "
+      "FROM runs r LEFT JOIN attempts a ON a.run_id = r.id AND a.token = $2 "
+      "WHERE r.id = $1 FOR NO KEY UPDATE OF r",
+      run_id, token);
+  if (rows.empty()) return check;
+  const pqxx::row row = rows[0];
+  check.run_found = true;
+  check.state = row["state"].as<std::string>();
+  check.run_attempt = row["run_attempt"].as<int>();
+  check.max_attempts = row["max_attempts"].as<int>();
+  check.world_size = row["world_size"].as<int>();
+  check.campaign_id = row["campaign_id"].as<int64_t>();
+  if (!row["attempt"].is_null()) {
+    check.has_attempt = true;
+    check.attempt = row["attempt"].as<int>();
+    check.rank = row["rank"].as<int>();
+    check.worker_id = row["worker_id"].as<int64_t>();
+    check.ended = row["ended"].as<bool>();
+  }
+  return check;
+}
+
+int64_t PgStore::RegisterWorker(const std::string& name, const api::Capabilities& caps) {
+  if (name.empty()) throw StoreError(Code::kInvalidArgument, "worker name is empty");
+  const nlohmann::json capabilities = {{"devices", caps.devices()},
+                                       {"threads", caps.threads()},
+                                       {"libtorch_version", caps.libtorch_version()},
+                                       {"cuda_version", caps.cuda_version()},
+                                       {"hostname", caps.hostname()}};
+  const std::string json =
+      capabilities.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return pg::RunTxn(pool_, "register worker", [&](pqxx::work& txn) {
+    return txn
+        .exec_params1(
+            "INSERT INTO workers (name, capabilities) VALUES ($1, $2::jsonb) "
+            "ON CONFLICT (name) DO UPDATE SET capabilities = EXCLUDED.capabilities, "
+            "  last_seen = now() "
+            "RETURNING id",
+            name, json)[0]
+        .as<int64_t>();
+  });
+}
+
+// 1. A worker holding a slot of a forming gang stays in it (nullopt).
+// 2. A worker whose gang formed since its last call gets its rank.
+// 3. Otherwise claim one queued run (preferred ids first, then priority, id)
+//    FOR NO KEY UPDATE SKIP LOCKED: W=1 is leased at once; W>1 adds a slot
+//    and, with the W-th slot, turns all slots into W attempt rows.
+std::optional<api::Assignment> PgStore::TryLease(int64_t worker_id, const std::string& host,
+                                                 int offer_port,
+                                                 const std::vector<int64_t>& preferred) {
+  return pg::RunTxn(pool_, "lease", [&](pqxx::work& txn) -> std::optional<api::Assignment> {
+    if (txn.exec_params("UPDATE workers SET last_seen = now() WHERE id = $1", worker_id)
+            .affected_rows() == 0) {
+      throw StoreError(Code::kNotFound,
+                       "worker " + std::to_string(worker_id) + " is not registered");
+    }
+    // 1. (This waits for a gang completion that is deleting our slot, so
+    // step 2 then sees its attempt rows.)
+    if (!txn.exec_params(
+                "UPDATE gang_slots SET seen_at = now(), host = $2, offer_port = $3 "
+                "WHERE worker_id = $1 RETURNING run_id",
+                worker_id, host, offer_port)
+             .empty()) {
+      return std::nullopt;
+    }
+    // 2.
+    const pqxx::result formed = txn.exec_params(
+        "UPDATE attempts a SET delivered_at = now() FROM ("
+        "  SELECT w.run_id, w.attempt, w.rank FROM attempts w "
+        "  JOIN runs r ON r.id = w.run_id AND r.attempt = w.attempt "
+        "  WHERE w.worker_id = $1 AND w.delivered_at IS NULL AND w.ended_at IS NULL "
+        "    AND r.state IN ('leased', 'running') "
+        "  ORDER BY w.leased_at LIMIT 1 FOR UPDATE OF w SKIP LOCKED) pick "
+        "WHERE a.run_id = pick.run_id AND a.attempt = pick.attempt AND a.rank = pick.rank "
+        "RETURNING a.run_id, a.attempt, a.rank, a.token, a.master_addr, a.master_port",
+        worker_id);
+    if (!formed.empty()) {
+      const pqxx::row row = formed[0];
+      return BuildAssignment(txn, options_, row["run_id"].as<int64_t>(), row["attempt"].as<int>(),
+                             row["rank"].as<int>(), row["token"].as<std::string>(),
+                             row["master_addr"].as<std::string>(), row["master_port"].as<int>());
+    }
+    // 3.
+    pqxx::result claimed;
+    if (!preferred.empty()) {
+      claimed = txn.exec_params(
+          "SELECT r.id, r.world_size FROM unnest($1::bigint[]) WITH ORDINALITY AS p(id, ord) "
+          "JOIN runs r ON r.id = p.id "
+          "WHERE r.state = 'queued' AND r.not_before <= now() "
+          "ORDER BY p.ord LIMIT 1 FOR NO KEY UPDATE OF r SKIP LOCKED",
+          pg::IntArray(preferred));
+    }
+    if (claimed.empty()) {
+      claimed = txn.exec(
+          "SELECT id, world_size FROM runs WHERE state = 'queued' AND not_before <= now() "
+          "ORDER BY priority DESC, id LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED");
+    }
+    if (claimed.empty()) return std::nullopt;
+    const int64_t run_id = claimed[0][0].as<int64_t>();
+    const int world_size = claimed[0][1].as<int>();
+
+    if (world_size == 1) {
+      const int attempt = txn.exec_params1(
+                                 "UPDATE runs SET state = 'leased', attempt = attempt + 1 "
+                                 "WHERE id = $1 RETURNING attempt",
+                                 run_id)[0]
+                              .as<int>();
+      const std::string token = RandomHex(kAttemptTokenBytes);
+      txn.exec_params(
+          "INSERT INTO attempts (run_id, attempt, rank, worker_id, token, master_addr, "
+          "                      master_port, delivered_at) "
+          "VALUES ($1, $2, 0, $3, $4, $5, $6, now())",
+          run_id, attempt, worker_id, token, host, offer_port);
+      return BuildAssignment(txn, options_, run_id, attempt, 0, token, host, offer_port);
+    }
+
+    // A gang: take the lowest free rank. The run row is locked, so slots of
+    // this run change only here (and in expiry, which only removes).
+    txn.exec_params(
+        "INSERT INTO gang_slots (run_id, rank, worker_id, host, offer_port) "
+        "SELECT $1, min(g), $2, $3, $4 FROM generate_series(0, $5::int - 1) g "
+        "WHERE NOT EXISTS (SELECT 1 FROM gang_slots s WHERE s.run_id = $1 AND s.rank = g)",
+        run_id, worker_id, host, offer_port, world_size);
+    const int64_t slots =
+        txn.exec_params1("SELECT count(*) FROM gang_slots WHERE run_id = $1", run_id)[0]
+            .as<int64_t>();
+    if (slots < world_size) return std::nullopt;
+
+    const int attempt = txn.exec_params1(
+                               "UPDATE runs SET state = 'leased', attempt = attempt + 1 "
+                               "WHERE id = $1 RETURNING attempt",
+                               run_id)[0]
+                            .as<int>();
+    std::vector<std::string> tokens;
+    for (int i = 0; i < world_size; ++i) tokens.push_back(RandomHex(kAttemptTokenBytes));
+    const pqxx::result ranks = txn.exec_params(
+        "INSERT INTO attempts (run_id, attempt, rank, worker_id, token, master_addr, "
+        "                      master_port, delivered_at) "
+        "SELECT g.run_id, $2, g.rank, g.worker_id, ($3::text[])[g.rank + 1], m.host, "
+        "       m.offer_port, CASE WHEN g.worker_id = $4 THEN now() END "
+        "FROM gang_slots g JOIN gang_slots m ON m.run_id = g.run_id AND m.rank = 0 "
+        "WHERE g.run_id = $1 "
+        "RETURNING rank, worker_id, token, master_addr, master_port",
+        run_id, attempt, pg::TextArray(tokens), worker_id);
+    txn.exec_params("DELETE FROM gang_slots WHERE run_id = $1", run_id);
+    for (const auto& row : ranks) {
+      if (row["worker_id"].as<int64_t>() != worker_id) continue;
+      return BuildAssignment(txn, options_, run_id, attempt, row["rank"].as<int>(),
+                             row["token"].as<std::string>(), row["master_addr"].as<std::string>(),
+                             row["master_port"].as<int>());
+    }
+    throw StoreError(Code::kInternal, "lease: gang of run " + std::to_string(run_id) +
+                                          " formed without this worker's rank");
+  });
+}
+
+api::HeartbeatReply PgStore::Heartbeat(int64_t run_id, const std::string& token,
+                                       double progress) {
+  return pg::RunTxn(pool_, "heartbeat", [&](pqxx::work& txn) {
+    api::HeartbeatReply reply;
+    const TokenCheck check = LockRunForToken(txn, run_id, token);
+    const bool current = check.has_attempt && !check.ended && check.attempt == check.run_attempt;
+    if (current && (check.live() || check.state == "cancelled")) {
+      txn.exec_params(
+          "UPDATE attempts SET heartbeat_at = now() "
+          "WHERE run_id = $1 AND attempt = $2 AND rank = $3",
+          run_id, check.attempt, check.rank);
+      txn.exec_params("UPDATE workers SET last_seen = now() WHERE id = $1", check.worker_id);
+    }
+    if (check.live()) {
+      // Rank 0 speaks for the run's progress; any rank's beat means it runs.
+      const bool report = check.rank == 0 && std::isfinite(progress);
+      if (check.state == "leased" || report) {
+        txn.exec_params(
+            "UPDATE runs SET state = 'running', "
+            "  progress = CASE WHEN $2::boolean THEN $3::float8 ELSE progress END "
+            "WHERE id = $1",
+            run_id, report, report ? std::clamp(progress, 0.0, 1.0) : 0.0);
+      }
+    } else if (current && check.state == "cancelled") {
+      reply.set_cancel(true);
+    } else {
+      reply.set_lease_lost(true);
+    }
+    return reply;
+  });
+}
+
+int PgStore::ReportMetrics(int64_t run_id, const std::string& token,
+                           const std::vector<api::MetricPoint>& points) {
+  return pg::RunTxn(pool_, "report metrics", [&](pqxx::work& txn) {
+    const TokenCheck check = LockRunForToken(txn, run_id, token);
+    if (!check.live()) LeaseLost(run_id, check);
+    if (points.empty()) return 0;
+    std::vector<int64_t> steps;
+    std::vector<std::string> names;
+    std::vector<double> values;
+    // The latest "progress" and "test_top1" points update the run.
+    const api::MetricPoint* progress = nullptr;
+    const api::MetricPoint* top1 = nullptr;
+    for (const api::MetricPoint& point : points) {
+      steps.push_back(point.step());
+      names.push_back(point.name());
+      values.push_back(point.value());
+      if (!std::isfinite(point.value())) continue;
+      if (point.name() == "progress" && (!progress || point.step() >= progress->step())) {
+        progress = &point;
+      }
+      if (point.name() == "test_top1" && (!top1 || point.step() >= top1->step())) top1 = &point;
+    }
+    txn.exec_params(
+        "INSERT INTO metrics (run_id, attempt, step, name, value) "
+        "SELECT $1, $2, t.step, t.name, t.value "
+        "FROM unnest($3::bigint[], $4::text[], $5::float8[]) AS t(step, name, value)",
+        run_id, check.attempt, pg::IntArray(steps), pg::TextArray(names),
+        pg::DoubleArray(values));
+    if (progress != nullptr || top1 != nullptr) {
+      txn.exec_params(
+          "UPDATE runs SET "
+          "  progress = CASE WHEN $2::boolean THEN $3::float8 ELSE progress END, "
+          "  latest_accuracy = CASE WHEN $4::boolean THEN $5::float8 ELSE latest_accuracy END "
+          "WHERE id = $1",
+          run_id, progress != nullptr,
+          progress != nullptr ? std::clamp(progress->value(), 0.0, 1.0) : 0.0, top1 != nullptr,
+          top1 != nullptr ? top1->value() : 0.0);
+    }
+    return static_cast<int>(points.size());
+  });
+}
+
+// Every rank's checkpoint is recorded; rank 0's is where the next attempt
+// resumes (runs.latest_checkpoint).
+void PgStore::ReportCheckpoint(int64_t run_id, const std::string& token, int64_t step,
+                               const std::string& path, const std::string& sha256) {
+  pg::RunTxn(pool_, "report checkpoint", [&](pqxx::work& txn) {
+    const TokenCheck check = LockRunForToken(txn, run_id, token);
+    if (!check.live()) LeaseLost(run_id, check);
+    txn.exec_params(
+        "INSERT INTO checkpoints (run_id, attempt, step, path, sha256) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        run_id, check.attempt, step, path, sha256);
+    if (check.rank == 0) {
+      txn.exec_params("UPDATE runs SET latest_checkpoint = $2 WHERE id = $1", run_id, path);
+    }
+  });
+}
+
+// Success from rank 0 ends the run (and releases its dependants); success
+// from another rank ends that rank only. Failure from any rank ends the
+// attempt and retries or fails the run. On a cancelled run the current
+// attempt just ends; a late rank of a run that already succeeded is a no-op.
+void PgStore::Finish(const api::FinishRequest& request) {
+  bool has_top1 = false;
+  double top1 = 0;
+  if (request.success() && !request.result_json().empty()) {
+    const nlohmann::json result = nlohmann::json::parse(request.result_json(), nullptr, false);
+    if (result.is_discarded()) {
+      throw StoreError(Code::kInvalidArgument, "finish: result_json is not valid JSON");
+    }
+    if (result.is_object() && result.contains("test_top1") && result["test_top1"].is_number()) {
+      has_top1 = true;
+      top1 = result["test_top1"].get<double>();
+    }
+  }
+  const int64_t run_id = request.run_id();
+  pg::RunTxn(pool_, "finish", [&](pqxx::work& txn) {
+    const TokenCheck check = LockRunForToken(txn, run_id, request.attempt_token());
+    const bool current = check.has_attempt && check.attempt == check.run_attempt;
+    if (current && check.state == "cancelled") {
+      EndAttempt(txn, run_id, check.attempt, "cancelled");
+      return;
+    }
+    if (current && check.state == "succeeded") {
+      EndAttempt(txn, run_id, check.attempt, "succeeded");
+      return;
+    }
+    if (!check.live()) LeaseLost(run_id, check);
+
+    if (request.success()) {
+      if (check.rank != 0) {
+        txn.exec_params(
+            "UPDATE attempts SET ended_at = now(), outcome = 'succeeded' "
+            "WHERE run_id = $1 AND attempt = $2 AND rank = $3",
+            run_id, check.attempt, check.rank);
+        return;
+      }
+      if (check.state == "leased") {   // finished before its first heartbeat
+        txn.exec_params("UPDATE runs SET state = 'running' WHERE id = $1", run_id);
+      }
+      txn.exec_params(
+          "UPDATE runs SET state = 'succeeded', result = NULLIF($2::text, '')::jsonb, "
+          "  artifact = $3, progress = 1, "
+          "  latest_accuracy = CASE WHEN $4::boolean THEN $5::float8 ELSE latest_accuracy END "
+          "WHERE id = $1",
+          run_id, request.result_json(), request.artifact(), has_top1, top1);
+      EndAttempt(txn, run_id, check.attempt, "succeeded");
+      txn.exec_params(
+          "UPDATE runs SET state = 'queued', not_before = now() "
+          "WHERE depends_on = $1 AND state = 'blocked'",
+          run_id);
+      return;
+    }
+
+    EndAttempt(txn, run_id, check.attempt, "failed");
+    std::string error = request.error().empty() ? "unknown error" : request.error();
+    if (check.world_size > 1) error = "rank " + std::to_string(check.rank) + ": " + error;
+    RequeueOrFail(txn, run_id, check.attempt, request.retryable() ? check.max_attempts : 0,
+                  error);
+  });
+}
+
+// Attempts of leased/running runs whose newest heartbeat (or lease time) is
+// older than lease_seconds end whole (all ranks, outcome 'expired'); the run
+// is retried with backoff or fails. Stale attempts of cancelled runs just
+// end. Forming-gang slots not polled for lease_seconds are dropped. Runs
+// locked by another transaction are skipped (SKIP LOCKED): the next sweep
+// gets them.
+ExpireReport PgStore::ExpireLeases() {
+  return pg::RunTxn(pool_, "expire leases", [&](pqxx::work& txn) {
+    ExpireReport report;
+    const pqxx::result stale = txn.exec_params(
+        "SELECT r.id, r.state, r.attempt, r.max_attempts, a.worker_id, "
+        "       coalesce(w.name, a.worker_id::text) AS worker, "
+        "       extract(epoch FROM now() - coalesce(a.heartbeat_at, a.leased_at))::float8 "
+        "         AS silent "
+        "FROM runs r "
+        "JOIN attempts a ON a.run_id = r.id AND a.attempt = r.attempt AND a.ended_at IS NULL "
+        "LEFT JOIN workers w ON w.id = a.worker_id "
+        "WHERE r.state IN ('leased', 'running', 'cancelled') "
+        "  AND coalesce(a.heartbeat_at, a.leased_at) < now() - make_interval(secs => $1) "
+        "ORDER BY r.id, a.rank "
+        "FOR NO KEY UPDATE OF r SKIP LOCKED",
+        options_.lease_seconds);
+    int64_t previous = 0;
+    for (const auto& row : stale) {
+      const int64_t run_id = row["id"].as<int64_t>();
+      if (run_id == previous) continue;   // the first stale rank speaks for the run
+      previous = run_id;
+      const int attempt = row["attempt"].as<int>();
+      if (row["state"].as<std::string>() == "cancelled") {
+        EndAttempt(txn, run_id, attempt, "cancelled");
+        continue;
+      }
+      EndAttempt(txn, run_id, attempt, "expired");
+      ++report.expired;
+      const std::string error = "lease expired: no heartbeat from worker " +
+                                row["worker"].as<std::string>() + " for " +
+                                Seconds(row["silent"].as<double>()) + " s";
+      if (RequeueOrFail(txn, run_id, attempt, row["max_attempts"].as<int>(), error)) {
+        ++report.requeued;
+      } else {
+        ++report.failed;
+      }
+    }
+    report.gang_slots_dropped = static_cast<int>(
+        txn.exec_params(
+               "DELETE FROM gang_slots g USING ("
+               "  SELECT run_id, rank FROM gang_slots "
+               "  WHERE seen_at < now() - make_interval(secs => $1) "
+               "  FOR UPDATE SKIP LOCKED) s "
+               "WHERE g.run_id = s.run_id AND g.rank = s.rank",
+               options_.lease_seconds)
+            .affected_rows());
+    return report;
+  });
+}
+
+}  // namespace dfkd::server
