@@ -150,7 +150,7 @@ CREATE TRIGGER runs_before_update BEFORE UPDATE ON runs
 -- `token` fences every write of the attempt; `delivered_at` is set once the
 -- rank's worker got its assignment (the ranks of a gang that were waiting
 -- get theirs at their next lease call). `ended_at` set = the attempt is over;
--- outcome: succeeded | failed | expired | cancelled.
+-- outcome: succeeded | failed | expired | cancelled | handed_back (worker shut down).
 CREATE TABLE attempts (
   run_id        bigint NOT NULL REFERENCES runs (id),
   attempt       integer NOT NULL,
@@ -163,7 +163,7 @@ CREATE TABLE attempts (
   delivered_at  timestamptz,
   heartbeat_at  timestamptz,
   ended_at      timestamptz,
-  outcome       text CHECK (outcome IN ('succeeded', 'failed', 'expired', 'cancelled')),
+  outcome       text CHECK (outcome IN ('succeeded', 'failed', 'expired', 'cancelled', 'handed_back')),
   PRIMARY KEY (run_id, attempt, rank)
 );
 -- At most one live attempt per (run, rank): exactly one live attempt per run.

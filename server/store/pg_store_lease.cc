@@ -385,6 +385,16 @@ void PgStore::Finish(const api::FinishRequest& request) {
       return;
     }
 
+    if (request.handed_back()) {
+      // The worker stopped on purpose after a checkpoint: back to the queue
+      // at once, and this attempt does not count against max_attempts.
+      EndAttempt(txn, run_id, check.attempt, "handed_back");
+      txn.exec_params(
+          "UPDATE runs SET state = 'queued', not_before = now(), "
+          "  max_attempts = max_attempts + 1 WHERE id = $1",
+          run_id);
+      return;
+    }
     EndAttempt(txn, run_id, check.attempt, "failed");
     std::string error = request.error().empty() ? "unknown error" : request.error();
     if (check.world_size > 1) error = "rank " + std::to_string(check.rank) + ": " + error;

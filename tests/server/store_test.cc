@@ -380,6 +380,29 @@ TEST_F(StoreTest, RetriesStopAfterMaxAttemptsKeepingTheLastError) {
   EXPECT_NE(run.last_error().find("lease expired"), std::string::npos) << run.last_error();
 }
 
+TEST_F(StoreTest, HandedBackRunIsRequeuedWithoutSpendingAnAttempt) {
+  store().SubmitCampaign("alice", ScratchCampaign("c", 1, /*max_attempts=*/1), false);
+  const int64_t w = Worker("w1");
+  const api::Assignment first = Lease(w);
+  api::FinishRequest request;
+  request.set_run_id(first.run_id());
+  request.set_attempt_token(first.attempt_token());
+  request.set_error("worker w1 shut down; resumes from checkpoint");
+  request.set_retryable(true);
+  request.set_handed_back(true);
+  store().Finish(request);
+  api::Run run = store().GetRun(first.run_id());
+  EXPECT_EQ(run.state(), api::RUN_STATE_QUEUED);
+  EXPECT_EQ(run.max_attempts(), 2);
+  // With max_attempts 1, a plain failure now would have failed the run; the
+  // handed-back attempt did not count, so a second attempt runs and may fail once.
+  const api::Assignment second = Lease(w);
+  EXPECT_EQ(second.attempt(), 2);
+  EXPECT_TRUE(store().Heartbeat(first.run_id(), first.attempt_token(), 0.1).lease_lost());
+  FinishFailed(second, "boom", /*retryable=*/true);
+  EXPECT_EQ(store().GetRun(first.run_id()).state(), api::RUN_STATE_FAILED);
+}
+
 TEST_F(StoreTest, GangIsLeasedAllOrNothing) {
   store().SubmitCampaign("alice", ScratchCampaign("gang", 1, 3, /*world_size=*/3), false);
   const int64_t w1 = Worker("w1"), w2 = Worker("w2"), w3 = Worker("w3");

@@ -242,7 +242,8 @@ RunOutcome RunSupervisor::Run() {
     std::unique_lock<std::mutex> lock(mu_);
     if (shutdown_requested_) {
       lock.unlock();
-      Finish(false, "", "", who + " shut down before starting the run", true);
+      Finish(false, "", "", who + " shut down before starting the run", true,
+             /*handed_back=*/true);
       return RunOutcome::kHandedBack;
     }
   }
@@ -538,7 +539,7 @@ RunOutcome RunSupervisor::Conclude(int exit_code) {
   if (stop_ == Stop::kShutdown) {
     std::string error = who + " shut down; resumes from checkpoint";
     if (exit_code != 3) error += " (dfkd-train exited with " + std::to_string(exit_code) + ")";
-    Finish(false, "", "", error, true);
+    Finish(false, "", "", error, true, /*handed_back=*/exit_code == 3);
     return RunOutcome::kHandedBack;
   }
   const std::string tail = LogTail(20);
@@ -565,7 +566,7 @@ RunOutcome RunSupervisor::Conclude(int exit_code) {
 
 void RunSupervisor::Finish(bool success, const std::string& result_json,
                            const std::string& artifact, const std::string& error,
-                           bool retryable) {
+                           bool retryable, bool handed_back) {
   api::FinishRequest request;
   request.set_run_id(assignment_.run_id());
   request.set_attempt_token(assignment_.attempt_token());
@@ -574,6 +575,7 @@ void RunSupervisor::Finish(bool success, const std::string& result_json,
   request.set_artifact(artifact);
   request.set_error(Truncate(error));
   request.set_retryable(retryable);
+  request.set_handed_back(handed_back);
   api::FinishReply reply;
   grpc::Status status = client_->Finish(request, &reply, std::max(10.0, config_.lease_seconds));
   const std::string what = "run " + std::to_string(assignment_.run_id()) + " attempt " +

@@ -76,7 +76,7 @@ class RunSupervisor {
   void LoseLease(const std::string& why);
   void StopChild(Stop reason);
   void Finish(bool success, const std::string& result_json, const std::string& artifact,
-              const std::string& error, bool retryable);
+              const std::string& error, bool retryable, bool handed_back = false);
   std::string LogTail(int lines) const;
 
   SchedulerClient* client_;
