@@ -21,8 +21,8 @@ echo "$api"
 # The raw loop: the same claim the store makes, minus tokens and attempt rows.
 psql -c "CREATE TABLE raw_queue (id bigserial PRIMARY KEY, state text NOT NULL, priority int NOT NULL DEFAULT 0, attempt int NOT NULL DEFAULT 0);
          CREATE INDEX raw_queue_lease ON raw_queue (priority DESC, id) WHERE state = 'queued';
-         INSERT INTO raw_queue (state) SELECT 'queued' FROM generate_series(1, $runs);
-         VACUUM ANALYZE raw_queue;"
+         INSERT INTO raw_queue (state) SELECT 'queued' FROM generate_series(1, $runs);"
+psql -c "VACUUM ANALYZE raw_queue;"
 cat >"$dir/dequeue.sql" <<'SQL'
 WITH c AS (SELECT id FROM raw_queue WHERE state = 'queued' ORDER BY priority DESC, id
            LIMIT 1 FOR UPDATE SKIP LOCKED)

@@ -17,42 +17,6 @@ namespace dfkd::server {
 namespace {
 
 using Code = StoreError::Code;
-constexpr int kAttemptTokenBytes = 16;
-
-// The assignment of one rank: the run's spec with the teacher's weights
-// filled in (distill runs), where to resume and where to write.
-api::Assignment BuildAssignment(pqxx::work& txn, const StoreOptions& options, int64_t run_id,
-                                int attempt, int rank, const std::string& token,
-                                const std::string& master_addr, int master_port) {
-  const pqxx::row row = txn.exec_params1(
-      "SELECT r.spec::text AS spec, r.world_size, r.latest_checkpoint, "
-      "       r.depends_on IS NOT NULL AS has_teacher, coalesce(d.artifact, '') AS teacher "
-      "FROM runs r LEFT JOIN runs d ON d.id = r.depends_on WHERE r.id = $1",
-      run_id);
-  std::string spec = row["spec"].as<std::string>();
-  if (row["has_teacher"].as<bool>()) {
-    nlohmann::json json = nlohmann::json::parse(spec);
-    if (json.is_object()) {
-      json["distill"]["teacher"]["weights"] = row["teacher"].as<std::string>();
-      spec = json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    }
-  }
-  std::string root = options.artifact_root;
-  while (root.size() > 1 && root.back() == '/') root.pop_back();
-
-  api::Assignment assignment;
-  assignment.set_run_id(run_id);
-  assignment.set_attempt(attempt);
-  assignment.set_attempt_token(token);
-  assignment.set_rank(rank);
-  assignment.set_world_size(row["world_size"].as<int>());
-  assignment.set_master_addr(master_addr);
-  assignment.set_master_port(master_port);
-  assignment.set_spec_json(spec);
-  assignment.set_resume_checkpoint(row["latest_checkpoint"].as<std::string>());
-  assignment.set_output_dir(root + "/runs/" + std::to_string(run_id));
-  return assignment;
-}
 
 [[noreturn]] void LeaseLost(int64_t run_id, const PgStore::TokenCheck& check) {
   std::string message = "lease lost: run " + std::to_string(run_id);
@@ -124,117 +88,53 @@ int64_t PgStore::RegisterWorker(const std::string& name, const api::Capabilities
   });
 }
 
-// 1. A worker holding a slot of a forming gang stays in it (nullopt).
-// 2. A worker whose gang formed since its last call gets its rank.
-// 3. Otherwise claim one queued run (preferred ids first, then priority, id)
+// One round trip: dfkd_lease() (migrations/0002_lease_function.sql) does
+// the three steps in PL/pgSQL:
+// 1. a worker holding a slot of a forming gang stays in it (nullopt);
+// 2. a worker whose gang formed since its last call gets its rank;
+// 3. otherwise claim one queued run (preferred ids first, then priority, id)
 //    FOR NO KEY UPDATE SKIP LOCKED: W=1 is leased at once; W>1 adds a slot
 //    and, with the W-th slot, turns all slots into W attempt rows.
 std::optional<api::Assignment> PgStore::TryLease(int64_t worker_id, const std::string& host,
                                                  int offer_port,
                                                  const std::vector<int64_t>& preferred) {
   return pg::RunTxn(pool_, "lease", [&](pqxx::work& txn) -> std::optional<api::Assignment> {
-    if (txn.exec_params("UPDATE workers SET last_seen = now() WHERE id = $1", worker_id)
-            .affected_rows() == 0) {
-      throw StoreError(Code::kNotFound,
-                       "worker " + std::to_string(worker_id) + " is not registered");
+    pqxx::result rows;
+    try {
+      rows = txn.exec_params("SELECT * FROM dfkd_lease($1, $2, $3, $4::bigint[])", worker_id,
+                             host, offer_port, pg::IntArray(preferred));
+    } catch (const pqxx::sql_error& e) {
+      if (e.sqlstate() == "DF002") {
+        throw StoreError(Code::kNotFound,
+                         "worker " + std::to_string(worker_id) + " is not registered");
+      }
+      throw;
     }
-    // 1. (This waits for a gang completion that is deleting our slot, so
-    // step 2 then sees its attempt rows.)
-    if (!txn.exec_params(
-                "UPDATE gang_slots SET seen_at = now(), host = $2, offer_port = $3 "
-                "WHERE worker_id = $1 RETURNING run_id",
-                worker_id, host, offer_port)
-             .empty()) {
-      return std::nullopt;
+    if (rows.empty()) return std::nullopt;
+    const pqxx::row row = rows[0];
+    const int64_t run_id = row["run_id"].as<int64_t>();
+    std::string spec = row["spec"].as<std::string>();
+    if (row["has_teacher"].as<bool>()) {
+      nlohmann::json json = nlohmann::json::parse(spec);
+      if (json.is_object()) {
+        json["distill"]["teacher"]["weights"] = row["teacher"].as<std::string>();
+        spec = json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      }
     }
-    // 2.
-    const pqxx::result formed = txn.exec_params(
-        "UPDATE attempts a SET delivered_at = now() FROM ("
-        "  SELECT w.run_id, w.attempt, w.rank FROM attempts w "
-        "  JOIN runs r ON r.id = w.run_id AND r.attempt = w.attempt "
-        "  WHERE w.worker_id = $1 AND w.delivered_at IS NULL AND w.ended_at IS NULL "
-        "    AND r.state IN ('leased', 'running') "
-        "  ORDER BY w.leased_at LIMIT 1 FOR UPDATE OF w SKIP LOCKED) pick "
-        "WHERE a.run_id = pick.run_id AND a.attempt = pick.attempt AND a.rank = pick.rank "
-        "RETURNING a.run_id, a.attempt, a.rank, a.token, a.master_addr, a.master_port",
-        worker_id);
-    if (!formed.empty()) {
-      const pqxx::row row = formed[0];
-      return BuildAssignment(txn, options_, row["run_id"].as<int64_t>(), row["attempt"].as<int>(),
-                             row["rank"].as<int>(), row["token"].as<std::string>(),
-                             row["master_addr"].as<std::string>(), row["master_port"].as<int>());
-    }
-    // 3.
-    pqxx::result claimed;
-    if (!preferred.empty()) {
-      claimed = txn.exec_params(
-          "SELECT r.id, r.world_size FROM unnest($1::bigint[]) WITH ORDINALITY AS p(id, ord) "
-          "JOIN runs r ON r.id = p.id "
-          "WHERE r.state = 'queued' AND r.not_before <= now() "
-          "ORDER BY p.ord LIMIT 1 FOR NO KEY UPDATE OF r SKIP LOCKED",
-          pg::IntArray(preferred));
-    }
-    if (claimed.empty()) {
-      claimed = txn.exec(
-          "SELECT id, world_size FROM runs WHERE state = 'queued' AND not_before <= now() "
-          "ORDER BY priority DESC, id LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED");
-    }
-    if (claimed.empty()) return std::nullopt;
-    const int64_t run_id = claimed[0][0].as<int64_t>();
-    const int world_size = claimed[0][1].as<int>();
-
-    if (world_size == 1) {
-      const int attempt = txn.exec_params1(
-                                 "UPDATE runs SET state = 'leased', attempt = attempt + 1 "
-                                 "WHERE id = $1 RETURNING attempt",
-                                 run_id)[0]
-                              .as<int>();
-      const std::string token = RandomHex(kAttemptTokenBytes);
-      txn.exec_params(
-          "INSERT INTO attempts (run_id, attempt, rank, worker_id, token, master_addr, "
-          "                      master_port, delivered_at) "
-          "VALUES ($1, $2, 0, $3, $4, $5, $6, now())",
-          run_id, attempt, worker_id, token, host, offer_port);
-      return BuildAssignment(txn, options_, run_id, attempt, 0, token, host, offer_port);
-    }
-
-    // A gang: take the lowest free rank. The run row is locked, so slots of
-    // this run change only here (and in expiry, which only removes).
-    txn.exec_params(
-        "INSERT INTO gang_slots (run_id, rank, worker_id, host, offer_port) "
-        "SELECT $1, min(g), $2, $3, $4 FROM generate_series(0, $5::int - 1) g "
-        "WHERE NOT EXISTS (SELECT 1 FROM gang_slots s WHERE s.run_id = $1 AND s.rank = g)",
-        run_id, worker_id, host, offer_port, world_size);
-    const int64_t slots =
-        txn.exec_params1("SELECT count(*) FROM gang_slots WHERE run_id = $1", run_id)[0]
-            .as<int64_t>();
-    if (slots < world_size) return std::nullopt;
-
-    const int attempt = txn.exec_params1(
-                               "UPDATE runs SET state = 'leased', attempt = attempt + 1 "
-                               "WHERE id = $1 RETURNING attempt",
-                               run_id)[0]
-                            .as<int>();
-    std::vector<std::string> tokens;
-    for (int i = 0; i < world_size; ++i) tokens.push_back(RandomHex(kAttemptTokenBytes));
-    const pqxx::result ranks = txn.exec_params(
-        "INSERT INTO attempts (run_id, attempt, rank, worker_id, token, master_addr, "
-        "                      master_port, delivered_at) "
-        "SELECT g.run_id, $2, g.rank, g.worker_id, ($3::text[])[g.rank + 1], m.host, "
-        "       m.offer_port, CASE WHEN g.worker_id = $4 THEN now() END "
-        "FROM gang_slots g JOIN gang_slots m ON m.run_id = g.run_id AND m.rank = 0 "
-        "WHERE g.run_id = $1 "
-        "RETURNING rank, worker_id, token, master_addr, master_port",
-        run_id, attempt, pg::TextArray(tokens), worker_id);
-    txn.exec_params("DELETE FROM gang_slots WHERE run_id = $1", run_id);
-    for (const auto& row : ranks) {
-      if (row["worker_id"].as<int64_t>() != worker_id) continue;
-      return BuildAssignment(txn, options_, run_id, attempt, row["rank"].as<int>(),
-                             row["token"].as<std::string>(), row["master_addr"].as<std::string>(),
-                             row["master_port"].as<int>());
-    }
-    throw StoreError(Code::kInternal, "lease: gang of run " + std::to_string(run_id) +
-                                          " formed without this worker's rank");
+    std::string root = options_.artifact_root;
+    while (root.size() > 1 && root.back() == '/') root.pop_back();
+    api::Assignment assignment;
+    assignment.set_run_id(run_id);
+    assignment.set_attempt(row["attempt"].as<int>());
+    assignment.set_attempt_token(row["token"].as<std::string>());
+    assignment.set_rank(row["rank"].as<int>());
+    assignment.set_world_size(row["world_size"].as<int>());
+    assignment.set_master_addr(row["master_addr"].as<std::string>());
+    assignment.set_master_port(row["master_port"].as<int>());
+    assignment.set_spec_json(spec);
+    assignment.set_resume_checkpoint(row["latest_checkpoint"].as<std::string>());
+    assignment.set_output_dir(root + "/runs/" + std::to_string(run_id));
+    return assignment;
   });
 }
 

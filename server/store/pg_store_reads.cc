@@ -263,15 +263,32 @@ api::GetMetricsReply PgStore::GetMetrics(const api::GetMetricsRequest& request) 
 
 // The first `per_owner` leasable queued runs of each owner (priority, then
 // age), and the ranks each owner has leased or running.
+// Owners with queued work come from a skip scan of runs_queued_by_owner (one
+// index probe per owner, not a scan of the queue). With one owner, fair share
+// has nothing to decide and the lease's own priority order is the answer, so
+// the snapshot stays empty and costs one probe.
 QueueSnapshot PgStore::SnapshotQueue(int per_owner) {
   return pg::RunTxn(pool_, "snapshot queue", [&](pqxx::work& txn) {
     QueueSnapshot snapshot;
+    const pqxx::result owners = txn.exec(
+        "WITH RECURSIVE o(owner) AS ("
+        "  (SELECT owner FROM runs WHERE state = 'queued' ORDER BY owner LIMIT 1) "
+        "  UNION ALL "
+        "  SELECT (SELECT r.owner FROM runs r WHERE r.state = 'queued' AND r.owner > o.owner "
+        "          ORDER BY r.owner LIMIT 1) FROM o WHERE o.owner IS NOT NULL) "
+        "SELECT owner FROM o WHERE owner IS NOT NULL LIMIT 2");
+    if (owners.size() < 2) return snapshot;
     for (const auto& row : txn.exec_params(
-             "SELECT id, owner, priority, world_size FROM ("
-             "  SELECT id, owner, priority, world_size, row_number() OVER ("
-             "    PARTITION BY owner ORDER BY priority DESC, id) AS n "
-             "  FROM runs WHERE state = 'queued' AND not_before <= now()) q "
-             "WHERE n <= $1 ORDER BY owner, n",
+             "WITH RECURSIVE o(owner) AS ("
+             "  (SELECT owner FROM runs WHERE state = 'queued' ORDER BY owner LIMIT 1) "
+             "  UNION ALL "
+             "  SELECT (SELECT r.owner FROM runs r WHERE r.state = 'queued' AND r.owner > o.owner "
+             "          ORDER BY r.owner LIMIT 1) FROM o WHERE o.owner IS NOT NULL) "
+             "SELECT q.id, q.owner, q.priority, q.world_size FROM o, LATERAL ("
+             "  SELECT id, owner, priority, world_size FROM runs r "
+             "  WHERE r.state = 'queued' AND r.owner = o.owner AND r.not_before <= now() "
+             "  ORDER BY r.priority DESC, r.id LIMIT $1) q "
+             "WHERE o.owner IS NOT NULL ORDER BY q.owner, q.priority DESC, q.id",
              per_owner)) {
       QueuedRun run;
       run.run_id = row["id"].as<int64_t>();

@@ -210,6 +210,15 @@ TEST(WatchViewTest, SnapshotReplacesEveryRun) {
   EXPECT_EQ(model.Find(2), nullptr);
 }
 
+TEST(WatchViewTest, FitToHeight) {
+  EXPECT_EQ(FitToHeight("a\nb\nc\n", 0), "a\nb\nc\n");
+  EXPECT_EQ(FitToHeight("a\nb\nc\n", 4), "a\nb\nc\n");
+  const std::string cut = FitToHeight("a\nb\nc\nd\n", 4);
+  EXPECT_EQ(cut.substr(0, 4), "a\nb\n");
+  EXPECT_NE(cut.find("... 2 more lines"), std::string::npos);
+  EXPECT_EQ(Lines(cut).size(), 3u);
+}
+
 TEST(WatchViewTest, TerminalPainterRedrawsInPlace) {
   std::ostringstream out;
   TerminalPainter painter(out);
