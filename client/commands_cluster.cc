@@ -13,6 +13,7 @@ void AddClusterCommands(CLI::App& app, const GlobalOptions& global, std::vector<
     int threads = 0;
     bool prometheus = false;
     double start_timeout = 30;
+    double lease_seconds = 60;
   };
   auto up_options = std::make_shared<UpOptions>();
   CLI::App* up = app.add_subcommand(
@@ -33,6 +34,10 @@ void AddClusterCommands(CLI::App& app, const GlobalOptions& global, std::vector<
                  "seconds each daemon may take to report it is ready")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  up->add_option("--lease-seconds", up_options->lease_seconds,
+                 "a run whose worker sends no heartbeat for this long is retried elsewhere")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   out->push_back({up, [up_options, &global] {
                     ClusterOptions options;
                     options.data_dir = ResolveDataDir(global.data_dir);
@@ -40,6 +45,7 @@ void AddClusterCommands(CLI::App& app, const GlobalOptions& global, std::vector<
                     options.threads = up_options->threads;
                     options.prometheus = up_options->prometheus;
                     options.start_timeout_seconds = up_options->start_timeout;
+                    options.lease_seconds = up_options->lease_seconds;
                     std::ostream& log = global.json() ? std::cerr : std::cout;
                     const int rc = ClusterUp(options, log);
                     if (global.json()) ClusterStatus(options.data_dir, true, std::cout);

@@ -407,12 +407,14 @@ void EnsureTokens(const ClusterState& state, const std::string& scheduler_bin, b
 }
 
 void StartScheduler(ClusterState* state, const std::string& bin, double timeout,
-                    std::ostream& log) {
+                    double lease_seconds, std::ostream& log) {
   const std::string data = state->data_dir;
+  std::ostringstream lease;
+  lease << lease_seconds;
   state->scheduler = Spawn(data, "scheduler",
                            {bin, "--db", state->db_url, "--listen", "127.0.0.1:0",
                             "--metrics-listen", "127.0.0.1:0", "--artifact-root",
-                            data + "/artifacts"},
+                            data + "/artifacts", "--lease-seconds", lease.str()},
                            "scheduler.log");
   SaveState(*state);
   const std::string line = WaitForLine(state->scheduler, "listening on port ", timeout);
@@ -653,7 +655,8 @@ int ClusterUp(const ClusterOptions& options, std::ostream& log) {
     const bool fresh = StartPostgres(&state, log);
     SaveState(state);
     EnsureTokens(state, scheduler_bin, fresh, log);
-    StartScheduler(&state, scheduler_bin, options.start_timeout_seconds, log);
+    StartScheduler(&state, scheduler_bin, options.start_timeout_seconds, options.lease_seconds,
+                   log);
     if (options.workers > 0) {
       int threads = options.threads;
       if (threads <= 0) {

@@ -61,6 +61,7 @@ struct ClusterOptions {
   bool prometheus = false;
   double start_timeout_seconds = 30; // for each daemon's first line
   double stop_timeout_seconds = 60;  // for workers to checkpoint and hand back runs
+  double lease_seconds = 60;         // the scheduler's --lease-seconds
 };
 
 // --data-dir, else $DFKD_HOME, else $XDG_DATA_HOME/dfkd, else

@@ -27,6 +27,7 @@ nlohmann::json RunToJson(const api::Run& run) {
           {"last_error", run.last_error()},
           {"result", EmbeddedJson(run.result_json())},
           {"artifact", run.artifact()},
+          {"worker", run.worker()},
           {"progress", run.progress()},
           {"latest_accuracy",
            run.latest_accuracy() >= 0 ? nlohmann::json(run.latest_accuracy())

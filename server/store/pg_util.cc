@@ -162,6 +162,9 @@ std::string RunColumns(bool with_spec) {
          "coalesce(r.reused_from, 0) AS reused_from, r.last_error, "
          "coalesce(r.result::text, '') AS result, r.artifact, r.progress, r.latest_accuracy, " +
          std::string(with_spec ? "r.spec::text" : "''") + " AS spec, " +
+         "coalesce((SELECT w.name FROM attempts a JOIN workers w ON w.id = a.worker_id "
+         "          WHERE a.run_id = r.id AND a.attempt = r.attempt AND a.rank = 0), '') "
+         "  AS worker, " +
          Rfc3339("r.created_at") + " AS created_at, " + Rfc3339("r.updated_at") + " AS updated_at";
 }
 
@@ -184,6 +187,7 @@ api::Run ReadRun(const pqxx::row& row, bool with_spec) {
   run.set_artifact(row["artifact"].as<std::string>());
   run.set_progress(row["progress"].as<double>());
   run.set_latest_accuracy(row["latest_accuracy"].as<double>());
+  run.set_worker(row["worker"].as<std::string>());
   if (with_spec) run.set_spec_json(row["spec"].as<std::string>());
   run.set_created_at(row["created_at"].as<std::string>());
   run.set_updated_at(row["updated_at"].as<std::string>());
