@@ -3,7 +3,6 @@
 BUILD ?= build
 JOBS ?= 2
 CTEST_ARGS ?=
-RUNS ?= runs
 
 .PHONY: all deps configure build test test-unit demo bench clean
 
@@ -28,10 +27,10 @@ test: build
 test-unit: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L unit
 
-# The main job. For now: a Fashion-MNIST teacher and a scratch student trained
-# with dfkd-train, then their accuracies (see README.md).
+# The main job: a local cluster runs the Fashion-MNIST KDCI campaign and prints
+# the paper-style table (see README.md).
 demo: build
-	bash scripts/demo.sh $(BUILD) $(RUNS)
+	bash scripts/demo.sh $(BUILD)
 
 bench: build
 	bash bench/run.sh $(BUILD)

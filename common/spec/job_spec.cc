@@ -221,6 +221,8 @@ void ReadDistill(ObjectReader& r, DistillSpec* d) {
   r.Enum("method", &d->method, {"noise", "dafl", "deepinv"});
   r.Number("temperature", &d->temperature, 1e-3, 1000.0);
   r.Int("steps_per_epoch", &d->steps_per_epoch, 1, kBig);
+  // Omitted: the method's reference value (DAFL 5; DeepInv and noise 400).
+  d->kd_steps = DefaultKdSteps(d->method);
   r.Int("kd_steps", &d->kd_steps, 1, kBig);
   r.Int("synthesis_batch_size", &d->synthesis_batch_size, 1, 1 << 16);
   r.Number("noise_stddev", &d->noise_stddev, 0.0, 100.0);
@@ -291,6 +293,8 @@ void ReadRuntime(ObjectReader& r, RuntimeSpec* rt) {
 }
 
 }  // namespace
+
+int64_t DefaultKdSteps(const std::string& method) { return method == "dafl" ? 5 : 400; }
 
 int64_t DefaultKdciPrototypes(const std::string& method) {
   if (method == "deepinv" || method == "cmi") return 32;

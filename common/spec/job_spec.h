@@ -115,7 +115,8 @@ struct DistillSpec {
   std::string method = "noise";        // noise | dafl | deepinv (later: fast, cmi, mosaickd, dfnd)
   double temperature = 20.0;           // KD temperature (the references' CIFAR value)
   int64_t steps_per_epoch = 400;       // student steps between evaluations
-  int64_t kd_steps = 400;              // student steps per synthesis round
+  int64_t kd_steps = 400;              // student steps per synthesis round;
+                                       // omitted = DefaultKdSteps(method)
   int64_t synthesis_batch_size = 256;
   double noise_stddev = 1.0;           // method noise
   DaflSpec dafl;                       // method dafl
@@ -157,6 +158,11 @@ struct JobSpec {
 // generator methods (DAFL, Fast; also noise), 32 for inversion methods
 // (DeepInv, CMI), 128 for pool methods (MosaicKD, DFND).
 int64_t DefaultKdciPrototypes(const std::string& method);
+
+// Student steps per synthesis round when distill.kd_steps is omitted: the
+// reference scripts' values (DAFL 5 with g_steps 1; DeepInv 400 = ep_steps,
+// one synthesis per epoch; noise 400).
+int64_t DefaultKdSteps(const std::string& method);
 
 struct SpecError {
   std::string path;     // "model.depth"

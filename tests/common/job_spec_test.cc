@@ -126,6 +126,17 @@ TEST(JobSpecTest, DistillWithKdciDefaults) {
   EXPECT_NE(CanonicalHash(*ParseJobSpec(off).spec), CanonicalHash(*r.spec));
 }
 
+TEST(JobSpecTest, KdStepsDefaultToTheMethodsReferenceValue) {
+  json j = Distill();
+  EXPECT_EQ(ParseJobSpec(j).spec->distill.kd_steps, 400);   // noise
+  j["distill"]["method"] = "dafl";
+  EXPECT_EQ(ParseJobSpec(j).spec->distill.kd_steps, 5);
+  j["distill"]["method"] = "deepinv";
+  EXPECT_EQ(ParseJobSpec(j).spec->distill.kd_steps, 400);
+  j["distill"]["kd_steps"] = 7;
+  EXPECT_EQ(ParseJobSpec(j).spec->distill.kd_steps, 7);     // explicit wins
+}
+
 TEST(JobSpecTest, KdciErrorsNameTheField) {
   json j = Distill();
   j["kdci"]["num_prototypes"] = 0;
