@@ -116,3 +116,30 @@ $$;
 -- The fair-share snapshot reads the head of each owner's queue through this
 -- index (a skip scan over owners, then the top runs per owner).
 CREATE INDEX runs_queued_by_owner ON runs (owner, priority DESC, id) WHERE state = 'queued';
+
+-- Many leases in one transaction: the scheduler batches the Lease calls that
+-- arrive together (server/api/lease_batcher.h), so a burst of workers costs
+-- one round trip and one commit. Rows in worker order; an unregistered worker
+-- gets a row with registered = false and no run.
+CREATE FUNCTION dfkd_lease_batch(p_workers bigint[], p_hosts text[], p_ports integer[],
+                                 p_preferred bigint[])
+RETURNS TABLE (worker_id bigint, registered boolean, run_id bigint, attempt integer,
+               rank integer, token text, master_addr text, master_port integer, spec text,
+               world_size integer, latest_checkpoint text, has_teacher boolean, teacher text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  i integer;
+BEGIN
+  FOR i IN 1 .. coalesce(cardinality(p_workers), 0) LOOP
+    IF NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = p_workers[i]) THEN
+      RETURN QUERY SELECT p_workers[i], false, NULL::bigint, NULL::integer, NULL::integer,
+                          NULL::text, NULL::text, NULL::integer, NULL::text, NULL::integer,
+                          NULL::text, NULL::boolean, NULL::text;
+    ELSE
+      RETURN QUERY SELECT p_workers[i], true, l.* FROM
+        dfkd_lease(p_workers[i], p_hosts[i], p_ports[i], p_preferred) l;
+    END IF;
+  END LOOP;
+END
+$$;

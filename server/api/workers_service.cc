@@ -38,7 +38,7 @@ grpc::Status WorkersService::Lease(grpc::ServerContext* c, const api::LeaseReque
       uint64_t generation = ctx_.wake->generation();
       auto start = std::chrono::steady_clock::now();
       std::optional<api::Assignment> assignment =
-          ctx_.store->TryLease(req->worker_id(), req->host(), req->offer_port(), Preferred());
+          batcher_.Lease(req->worker_id(), req->host(), req->offer_port());
       if (assignment) {
         ctx_.metrics->ObserveLease(
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "dfkd/api/v1/scheduler.grpc.pb.h"
+#include "server/api/lease_batcher.h"
 #include "server/api/service_context.h"
 #include "server/policy/fair_share.h"
 
@@ -16,7 +17,8 @@ namespace dfkd::server {
 
 class WorkersService final : public api::Workers::Service {
  public:
-  explicit WorkersService(ServiceContext* ctx) : ctx_(*ctx) {}
+  explicit WorkersService(ServiceContext* ctx)
+      : ctx_(*ctx), batcher_(ctx->store, [this] { return Preferred(); }) {}
 
   grpc::Status Register(grpc::ServerContext* c, const api::RegisterRequest* req,
                         api::RegisterReply* reply) override;
@@ -40,6 +42,7 @@ class WorkersService final : public api::Workers::Service {
   std::mutex mu_;
   std::vector<int64_t> preferred_;
   std::chrono::steady_clock::time_point preferred_at_{};
+  LeaseBatcher batcher_;   // last: its threads use the members above
 };
 
 }  // namespace dfkd::server

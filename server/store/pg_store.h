@@ -57,6 +57,8 @@ class PgStore : public Store {
   std::optional<api::Assignment> TryLease(int64_t worker_id, const std::string& host,
                                           int offer_port,
                                           const std::vector<int64_t>& preferred) override;
+  std::vector<LeaseAnswer> TryLeaseBatch(const std::vector<LeaseAsk>& asks,
+                                         const std::vector<int64_t>& preferred) override;
   api::HeartbeatReply Heartbeat(int64_t run_id, const std::string& token,
                                 double progress) override;
   int ReportMetrics(int64_t run_id, const std::string& token,

@@ -95,46 +95,85 @@ int64_t PgStore::RegisterWorker(const std::string& name, const api::Capabilities
 // 3. otherwise claim one queued run (preferred ids first, then priority, id)
 //    FOR NO KEY UPDATE SKIP LOCKED: W=1 is leased at once; W>1 adds a slot
 //    and, with the W-th slot, turns all slots into W attempt rows.
+namespace {
+
+// The assignment in a dfkd_lease() row: the run's spec with the teacher's
+// weights filled in (distill runs), where to resume and where to write.
+api::Assignment AssignmentFromRow(const pqxx::row& row, const StoreOptions& options) {
+  const int64_t run_id = row["run_id"].as<int64_t>();
+  std::string spec = row["spec"].as<std::string>();
+  if (row["has_teacher"].as<bool>()) {
+    nlohmann::json json = nlohmann::json::parse(spec);
+    if (json.is_object()) {
+      json["distill"]["teacher"]["weights"] = row["teacher"].as<std::string>();
+      spec = json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
+  }
+  std::string root = options.artifact_root;
+  while (root.size() > 1 && root.back() == '/') root.pop_back();
+  api::Assignment assignment;
+  assignment.set_run_id(run_id);
+  assignment.set_attempt(row["attempt"].as<int>());
+  assignment.set_attempt_token(row["token"].as<std::string>());
+  assignment.set_rank(row["rank"].as<int>());
+  assignment.set_world_size(row["world_size"].as<int>());
+  assignment.set_master_addr(row["master_addr"].as<std::string>());
+  assignment.set_master_port(row["master_port"].as<int>());
+  assignment.set_spec_json(spec);
+  assignment.set_resume_checkpoint(row["latest_checkpoint"].as<std::string>());
+  assignment.set_output_dir(root + "/runs/" + std::to_string(run_id));
+  return assignment;
+}
+
+}  // namespace
+
+// One round trip: dfkd_lease() (migrations/0002_lease_function.sql) does
+// the three steps in PL/pgSQL:
+// 1. a worker holding a slot of a forming gang stays in it (nullopt);
+// 2. a worker whose gang formed since its last call gets its rank;
+// 3. otherwise claim one queued run (preferred ids first, then priority, id)
+//    FOR NO KEY UPDATE SKIP LOCKED: W=1 is leased at once; W>1 adds a slot
+//    and, with the W-th slot, turns all slots into W attempt rows.
 std::optional<api::Assignment> PgStore::TryLease(int64_t worker_id, const std::string& host,
                                                  int offer_port,
                                                  const std::vector<int64_t>& preferred) {
-  return pg::RunTxn(pool_, "lease", [&](pqxx::work& txn) -> std::optional<api::Assignment> {
-    pqxx::result rows;
-    try {
-      rows = txn.exec_params("SELECT * FROM dfkd_lease($1, $2, $3, $4::bigint[])", worker_id,
-                             host, offer_port, pg::IntArray(preferred));
-    } catch (const pqxx::sql_error& e) {
-      if (e.sqlstate() == "DF002") {
-        throw StoreError(Code::kNotFound,
-                         "worker " + std::to_string(worker_id) + " is not registered");
-      }
-      throw;
+  const std::vector<LeaseAnswer> answers =
+      TryLeaseBatch({LeaseAsk{worker_id, host, offer_port}}, preferred);
+  if (answers.empty() || !answers[0].registered) {
+    throw StoreError(Code::kNotFound, "worker " + std::to_string(worker_id) + " is not registered");
+  }
+  return answers[0].assignment;
+}
+
+// dfkd_lease_batch() runs dfkd_lease() for each ask in one transaction.
+std::vector<Store::LeaseAnswer> PgStore::TryLeaseBatch(const std::vector<LeaseAsk>& asks,
+                                                       const std::vector<int64_t>& preferred) {
+  return pg::RunTxn(pool_, "lease", [&](pqxx::work& txn) {
+    std::vector<int64_t> workers, ports;
+    std::vector<std::string> hosts;
+    for (const LeaseAsk& ask : asks) {
+      workers.push_back(ask.worker_id);
+      hosts.push_back(ask.host);
+      ports.push_back(ask.offer_port);
     }
-    if (rows.empty()) return std::nullopt;
-    const pqxx::row row = rows[0];
-    const int64_t run_id = row["run_id"].as<int64_t>();
-    std::string spec = row["spec"].as<std::string>();
-    if (row["has_teacher"].as<bool>()) {
-      nlohmann::json json = nlohmann::json::parse(spec);
-      if (json.is_object()) {
-        json["distill"]["teacher"]["weights"] = row["teacher"].as<std::string>();
-        spec = json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    const pqxx::result rows = txn.exec_params(
+        "SELECT * FROM dfkd_lease_batch($1::bigint[], $2::text[], $3::int[], $4::bigint[])",
+        pg::IntArray(workers), pg::TextArray(hosts), pg::IntArray(ports),
+        pg::IntArray(preferred));
+    std::vector<LeaseAnswer> answers(asks.size());
+    // Rows come in ask order, at most one per ask; match them by worker id.
+    size_t next = 0;
+    for (const auto& row : rows) {
+      const int64_t worker = row["worker_id"].as<int64_t>();
+      while (next < asks.size() && asks[next].worker_id != worker) ++next;
+      if (next == asks.size()) break;
+      LeaseAnswer& answer = answers[next++];
+      answer.registered = row["registered"].as<bool>();
+      if (answer.registered && !row["run_id"].is_null()) {
+        answer.assignment = AssignmentFromRow(row, options_);
       }
     }
-    std::string root = options_.artifact_root;
-    while (root.size() > 1 && root.back() == '/') root.pop_back();
-    api::Assignment assignment;
-    assignment.set_run_id(run_id);
-    assignment.set_attempt(row["attempt"].as<int>());
-    assignment.set_attempt_token(row["token"].as<std::string>());
-    assignment.set_rank(row["rank"].as<int>());
-    assignment.set_world_size(row["world_size"].as<int>());
-    assignment.set_master_addr(row["master_addr"].as<std::string>());
-    assignment.set_master_port(row["master_port"].as<int>());
-    assignment.set_spec_json(spec);
-    assignment.set_resume_checkpoint(row["latest_checkpoint"].as<std::string>());
-    assignment.set_output_dir(root + "/runs/" + std::to_string(run_id));
-    return assignment;
+    return answers;
   });
 }
 

@@ -119,6 +119,20 @@ class Store {
   virtual std::optional<api::Assignment> TryLease(int64_t worker_id, const std::string& host,
                                                   int offer_port,
                                                   const std::vector<int64_t>& preferred) = 0;
+  // TryLease for several workers in one transaction (one round trip, one
+  // commit): results in the order of `asks`; an unregistered worker's entry
+  // is `registered = false`.
+  struct LeaseAsk {
+    int64_t worker_id = 0;
+    std::string host;
+    int offer_port = 0;
+  };
+  struct LeaseAnswer {
+    bool registered = true;
+    std::optional<api::Assignment> assignment;
+  };
+  virtual std::vector<LeaseAnswer> TryLeaseBatch(const std::vector<LeaseAsk>& asks,
+                                                 const std::vector<int64_t>& preferred) = 0;
   // Every write of an attempt carries its token; a stale token is refused
   // with kAborted ("lease lost"), except Heartbeat, which says so in its reply.
   virtual api::HeartbeatReply Heartbeat(int64_t run_id, const std::string& token,

@@ -403,6 +403,22 @@ TEST_F(StoreTest, HandedBackRunIsRequeuedWithoutSpendingAnAttempt) {
   EXPECT_EQ(store().GetRun(first.run_id()).state(), api::RUN_STATE_FAILED);
 }
 
+TEST_F(StoreTest, LeaseBatchAnswersEachAskInOrder) {
+  store().SubmitCampaign("alice", ScratchCampaign("c", 2), false);
+  const int64_t w1 = Worker("w1"), w2 = Worker("w2"), w3 = Worker("w3");
+  const std::vector<Store::LeaseAnswer> answers = store().TryLeaseBatch(
+      {{w1, "h1", 1}, {999999, "ghost", 2}, {w2, "h2", 3}, {w3, "h3", 4}}, {});
+  ASSERT_EQ(answers.size(), 4u);
+  ASSERT_TRUE(answers[0].registered && answers[0].assignment);
+  EXPECT_FALSE(answers[1].registered);
+  ASSERT_TRUE(answers[2].registered && answers[2].assignment);
+  EXPECT_TRUE(answers[3].registered);
+  EXPECT_FALSE(answers[3].assignment) << "only two runs were queued";
+  EXPECT_NE(answers[0].assignment->run_id(), answers[2].assignment->run_id());
+  EXPECT_EQ(answers[2].assignment->master_addr(), "h2");
+  EXPECT_THROW(store().TryLease(999999, "ghost", 2, {}), StoreError);
+}
+
 TEST_F(StoreTest, GangIsLeasedAllOrNothing) {
   store().SubmitCampaign("alice", ScratchCampaign("gang", 1, 3, /*world_size=*/3), false);
   const int64_t w1 = Worker("w1"), w2 = Worker("w2"), w3 = Worker("w3");
