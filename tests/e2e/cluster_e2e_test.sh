@@ -8,7 +8,8 @@
 #   3. a worker killed with SIGKILL mid-run: the run resumes on the other
 #      worker from its checkpoint and ends with the weights of an
 #      uninterrupted run;
-#   4. cancel stops a running run (its dfkd-train child exits);
+#   4. cancel stops a running run (its dfkd-train child exits); SIGTERM makes
+#      a worker checkpoint and hand its run back without spending an attempt;
 #   5. the scheduler killed with SIGKILL mid-campaign and restarted: the
 #      campaign finishes, no run lost or run twice.
 # Waits are bounded polls on observable state, never fixed sleeps.
@@ -22,9 +23,11 @@ chmod 755 "$DFKD_HOME"
 work="$DFKD_HOME/test"
 mkdir -p "$work"
 restarted_pid=""
+extra_worker=""
 cleanup() {
   "$dfkd" down --timeout 10 >/dev/null 2>&1 || true
   [ -n "$restarted_pid" ] && kill -9 "$restarted_pid" 2>/dev/null || true
+  [ -n "$extra_worker" ] && kill -9 "$extra_worker" 2>/dev/null || true
   rm -rf "$DFKD_HOME"
 }
 trap cleanup EXIT
@@ -163,6 +166,35 @@ wait_for 30 "dfkd-train of run $victim to exit" child_gone
 [ "$(run_field 3 "$victim" "r['state']")" = cancelled ] || fail "run $victim is not cancelled"
 echo "run $victim cancelled; its dfkd-train exited"
 
+step "4b. SIGTERM: a worker checkpoints and hands its run back without spending an attempt"
+# A third worker replaces the one killed in step 3.
+"$build/bin/dfkd-worker" --scheduler "$(python3 -c "import json; print(json.load(open('$DFKD_HOME/cluster.json'))['scheduler_addr'])")" \
+  --token-file "$DFKD_HOME/tokens/worker" --name local-3 --threads 1 >>"$DFKD_HOME/logs/worker-3.log" 2>&1 &
+extra_worker=$!
+python3 - "$work/long.json" "$work/handback.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["name"] = "hand-back"
+c["teachers"]["t"]["seed"] = 13
+json.dump(c, open(sys.argv[2], "w"))
+PY
+"$dfkd" submit "$work/handback.json" >/dev/null || fail "submit hand-back"
+handed=$("$dfkd" ls runs --campaign 4 --output json | json "[r['id'] for r in d if r['kind']=='train_teacher'][0]")
+past_checkpoint4() { [ "$(run_field 4 "$handed" "r['progress'] >= 0.25 and r['state']=='running'")" = True ]; }
+wait_for 120 "run $handed past its first checkpoint" past_checkpoint4
+holder=$(run_field 4 "$handed" "r['worker']")
+if [ "$holder" = local-3 ]; then hpid=$extra_worker; else
+  hpid=$(python3 -c "
+import json; c=json.load(open('$DFKD_HOME/cluster.json'))
+print([w['pid'] for w in c['workers'] if 'local-'+str(w['name']).split('-')[-1]=='$holder'][0])"); fi
+kill -TERM "$hpid"
+wait_for 60 "$holder to exit after SIGTERM" bash -c "! kill -0 $hpid 2>/dev/null"
+"$dfkd" watch 4 >"$work/watch4.out" || { cat "$work/watch4.out"; fail "hand-back campaign did not finish"; }
+[ "$(run_field 4 "$handed" "r['attempt']")" = 2 ] || fail "run $handed: expected a second attempt"
+[ "$(run_field 4 "$handed" "r['max_attempts']")" = 4 ] || fail "run $handed: the handed-back attempt was counted"
+[ "$(run_field 4 "$handed" "r['last_error']")" = "" ] || fail "run $handed: hand-back recorded as an error"
+echo "run $handed handed back by $holder on SIGTERM and finished elsewhere; no attempt spent"
+
 step "5. the scheduler killed with SIGKILL mid-campaign and restarted"
 python3 - "$src/tests/configs/campaigns/instant_campaign.json" "$work/restart.json" <<'PY'
 import json, sys
@@ -172,10 +204,10 @@ c["seeds"] = [21, 22, 23]
 json.dump(c, open(sys.argv[2], "w"))
 PY
 "$dfkd" submit "$work/restart.json" >/dev/null || fail "submit restart"
-some_done() { "$dfkd" ls runs --campaign 4 --output json | python3 -c "
+some_done() { "$dfkd" ls runs --campaign 5 --output json | python3 -c "
 import json,sys; d=json.load(sys.stdin)
 assert sum(r['state']=='succeeded' for r in d) >= 2 and any(r['state'] in ('queued','leased','running') for r in d)"; }
-wait_for 120 "campaign 4 part done" some_done
+wait_for 120 "campaign 5 part done" some_done
 read -r sport spid < <(python3 -c "
 import json; c=json.load(open('$DFKD_HOME/cluster.json'))['scheduler']; print(c['port'], c['pid'])")
 kill -9 "$spid"
@@ -183,10 +215,10 @@ kill -9 "$spid"
   --artifact-root "$DFKD_HOME/artifacts" --lease-seconds 3 >>"$DFKD_HOME/logs/scheduler.log" 2>&1 &
 restarted_pid=$!
 wait_for 30 "the restarted scheduler to answer" "$dfkd" ls
-"$dfkd" watch 4 >"$work/watch4.out" || { cat "$work/watch4.out"; fail "campaign 4 did not finish after the restart"; }
-"$dfkd" ls runs --campaign 4 --output json | python3 -c "
+"$dfkd" watch 5 >"$work/watch5.out" || { cat "$work/watch5.out"; fail "campaign 5 did not finish after the restart"; }
+"$dfkd" ls runs --campaign 5 --output json | python3 -c "
 import json,sys; d=json.load(sys.stdin)
 assert all(r['state']=='succeeded' for r in d), [(r['id'], r['state']) for r in d]
 assert all(r['attempt'] <= 1 for r in d), [(r['id'], r['attempt']) for r in d]
-print('campaign 4: %d runs succeeded, none run twice' % len(d))" || fail "campaign 4 runs"
+print('campaign 5: %d runs succeeded, none run twice' % len(d))" || fail "campaign 5 runs"
 echo "PASS"
