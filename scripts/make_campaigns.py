@@ -11,13 +11,13 @@ specs in configs/cifar10 and configs/cifar100 (run from the repo root):
 Student training follows the reference scripts (dfkd-methods.md §3, §6):
 200 epochs of 400 student steps, SGD 0.1 / 0.9 / 1e-4, cosine to 2e-4,
 each method's own kd_steps (the spec default). Methods this engine does not
-have yet (Fast, CMI, MosaicKD, DFND) join the method axis when they land.
+have yet (CMI, MosaicKD, DFND) join the method axis when they land.
 """
 import copy
 import json
 import os
 
-METHODS = ["dafl", "deepinv"]          # + fast, cmi, mosaickd, dfnd when implemented
+METHODS = ["dafl", "deepinv", "fast"]  # + cmi, mosaickd, dfnd when implemented
 SEEDS = [0, 1, 2]
 PAIRS = {  # KDCI Table 1 pairs: (teacher spec file, student scratch spec file)
     "A": ("teacher_resnet34", "scratch_resnet18"),

@@ -30,7 +30,7 @@
 // An axis or variant key is a dotted path into the job spec ("kdci.enabled",
 // "distill.dafl.lr_g", "distill.teacher.run"); every expanded job spec is parsed
 // with common/spec, so an error names the campaign path and the spec path:
-//   "axes.distill.method[1]: distill.method: must be one of noise, dafl, deepinv".
+//   "axes.distill.method[1]: distill.method: must be one of noise, dafl, deepinv, fast".
 // Baselines: an experiment with kdci.enabled=true, or a variant, is compared to
 // the base-variant experiment with the same axis values and kdci.enabled=false.
 #ifndef DFKD_COMMON_CAMPAIGN_CAMPAIGN_H_

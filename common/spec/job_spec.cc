@@ -218,10 +218,10 @@ void ReadTeacher(ObjectReader& r, TeacherSpec* t) {
 void ReadDistill(ObjectReader& r, DistillSpec* d) {
   if (!r.Has("teacher")) r.Error(r.Path("teacher"), "required");
   r.Object("teacher", [&](ObjectReader& c) { ReadTeacher(c, &d->teacher); });
-  r.Enum("method", &d->method, {"noise", "dafl", "deepinv"});
+  r.Enum("method", &d->method, {"noise", "dafl", "deepinv", "fast"});
   r.Number("temperature", &d->temperature, 1e-3, 1000.0);
   r.Int("steps_per_epoch", &d->steps_per_epoch, 1, kBig);
-  // Omitted: the method's reference value (DAFL 5; DeepInv and noise 400).
+  // Omitted: the method's reference value (DAFL 5; DeepInv, Fast and noise 400).
   d->kd_steps = DefaultKdSteps(d->method);
   r.Int("kd_steps", &d->kd_steps, 1, kBig);
   r.Int("synthesis_batch_size", &d->synthesis_batch_size, 1, 1 << 16);
@@ -248,6 +248,22 @@ void ReadDistill(ObjectReader& r, DistillSpec* d) {
     c.Int("jitter", &a.jitter, 0, 1024);
     c.Int("pool_max_images", &a.pool_max_images, 1, kBig);
     c.Bool("keep_lowest_loss", &a.keep_lowest_loss);
+  });
+  r.Object("fast", [&](ObjectReader& c) {
+    FastSpec& a = d->fast;
+    c.Int("nz", &a.nz, 1, 1 << 16);
+    c.Int("g_steps", &a.g_steps, 1, 1 << 20);
+    c.Number("lr_g", &a.lr_g, 0.0, 10.0);
+    c.Number("lr_z", &a.lr_z, 0.0, 100.0);
+    c.Number("bn_weight", &a.bn_weight, 0.0, 1e6);
+    c.Number("oh_weight", &a.oh_weight, 0.0, 1e6);
+    c.Number("adv_weight", &a.adv_weight, 0.0, 1e6);
+    c.Number("bn_momentum", &a.bn_momentum, 0.0, 0.999);
+    c.Int("warmup", &a.warmup, 0, 1 << 20);
+    c.Enum("meta", &a.meta, {"fomaml", "reptile"});
+    c.Bool("reset_l0", &a.reset_l0);
+    c.Int("reset_l0_after", &a.reset_l0_after, 0, kBig);
+    c.Int("pool_max_images", &a.pool_max_images, 1, kBig);
   });
 }
 
@@ -446,7 +462,21 @@ json ToJson(const JobSpec& s) {
                       {"student_bn_weight", d.deepinv.student_bn_weight},
                       {"jitter", d.deepinv.jitter},
                       {"pool_max_images", d.deepinv.pool_max_images},
-                      {"keep_lowest_loss", d.deepinv.keep_lowest_loss}}}};
+                      {"keep_lowest_loss", d.deepinv.keep_lowest_loss}}},
+                    {"fast",
+                     {{"nz", d.fast.nz},
+                      {"g_steps", d.fast.g_steps},
+                      {"lr_g", d.fast.lr_g},
+                      {"lr_z", d.fast.lr_z},
+                      {"bn_weight", d.fast.bn_weight},
+                      {"oh_weight", d.fast.oh_weight},
+                      {"adv_weight", d.fast.adv_weight},
+                      {"bn_momentum", d.fast.bn_momentum},
+                      {"warmup", d.fast.warmup},
+                      {"meta", d.fast.meta},
+                      {"reset_l0", d.fast.reset_l0},
+                      {"reset_l0_after", d.fast.reset_l0_after},
+                      {"pool_max_images", d.fast.pool_max_images}}}};
     j["kdci"] = {{"enabled", k.enabled},
                  {"num_prototypes", k.num_prototypes},
                  {"feature_source", k.feature_source},

@@ -109,10 +109,29 @@ struct DeepInvSpec {
   bool keep_lowest_loss = true;        // false: the final iterate (what the code keeps)
 };
 
+// Fast's options (dfkd-methods.md §4, Fast-Datafree's scripts/fast_cifar.sh:
+// the Fast-10 row KDCI reports, loss weights of the wrn40_2 teacher).
+struct FastSpec {
+  int64_t nz = 256;
+  int64_t g_steps = 10;                // inner steps per synthesis call (Fast-2/5: 2/5)
+  double lr_g = 2e-3;                  // inner Adam lr of the generator copy (Fast-2 5e-3,
+                                       // Fast-5 3e-3); the meta lr is lr_g * g_steps
+  double lr_z = 0.01;                  // inner Adam lr of the latent batch (Fast-2 0.015)
+  double bn_weight = 10.0;
+  double oh_weight = 0.4;              // resnet34 and vgg11 teachers: 0.5
+  double adv_weight = 1.1;             // resnet34 teacher 1.33, vgg11 1.0
+  double bn_momentum = 0.9;            // bn_mmt of the BN-statistics loss; 0 = plain
+  int64_t warmup = 20;                 // synthesis calls before the first student step
+  std::string meta = "fomaml";         // fomaml (is_maml 1, the scripts) | reptile
+  bool reset_l0 = true;                // re-initialise the generator's input layer once,
+  int64_t reset_l0_after = 120;        // at synthesis call warmup + reset_l0_after
+  int64_t pool_max_images = 56320;     // 220 calls x 256 images: the reference's final pool
+};
+
 // kind distill: a student learns from `teacher` without its training data.
 struct DistillSpec {
   TeacherSpec teacher;
-  std::string method = "noise";        // noise | dafl | deepinv (later: fast, cmi, mosaickd, dfnd)
+  std::string method = "noise";        // noise | dafl | deepinv | fast (later: cmi, mosaickd, dfnd)
   double temperature = 20.0;           // KD temperature (the references' CIFAR value)
   int64_t steps_per_epoch = 400;       // student steps between evaluations
   int64_t kd_steps = 400;              // student steps per synthesis round;
@@ -121,6 +140,7 @@ struct DistillSpec {
   double noise_stddev = 1.0;           // method noise
   DaflSpec dafl;                       // method dafl
   DeepInvSpec deepinv;                 // method deepinv
+  FastSpec fast;                       // method fast
 };
 
 // KDCI on top of the distill method (dfkd-methods.md §1; defaults §1.7).
@@ -160,8 +180,8 @@ struct JobSpec {
 int64_t DefaultKdciPrototypes(const std::string& method);
 
 // Student steps per synthesis round when distill.kd_steps is omitted: the
-// reference scripts' values (DAFL 5 with g_steps 1; DeepInv 400 = ep_steps,
-// one synthesis per epoch; noise 400).
+// reference scripts' values (DAFL 5 with g_steps 1; DeepInv and Fast 400 =
+// ep_steps, one synthesis per epoch; noise 400).
 int64_t DefaultKdSteps(const std::string& method);
 
 struct SpecError {

@@ -245,7 +245,7 @@ TEST(CampaignTest, EveryErrorIsCollectedWithItsPath) {
   EXPECT_EQ(r.errors.size(), 3u) << r.ErrorText();
   EXPECT_TRUE(Has(r, "seeds[2]: must be a non-negative integer")) << r.ErrorText();
   EXPECT_TRUE(Has(r, "axes.distill.method[1]: distill.method: must be one of noise, dafl, "
-                     "deepinv"))
+                     "deepinv, fast"))
       << r.ErrorText();
   EXPECT_TRUE(Has(r, "variants.no_prior: kdci.ablation: must be one of none, random_lambda, "
                      "random_z, no_prior, other_z"))
@@ -560,8 +560,8 @@ TEST(CampaignTest, PaperCampaignsExpand) {
       ASSERT_FALSE(c.is_discarded()) << file;
       CampaignParseResult r = ExpandCampaign(c, kCode);
       ASSERT_TRUE(r.ok()) << file << "\n" << r.ErrorText();
-      // teacher + 3 scratch seeds + 2 methods x {base, kdci} x 3 seeds
-      EXPECT_EQ(r.campaign->runs.size(), 1u + 3u + 12u) << file;
+      // teacher + 3 scratch seeds + 3 methods x {base, kdci} x 3 seeds
+      EXPECT_EQ(r.campaign->runs.size(), 1u + 3u + 18u) << file;
       for (const auto& e : r.campaign->experiments) {
         if (e.kind == "distill" && e.kdci) {
           ASSERT_GE(e.baseline, 0) << file << " " << e.name;

@@ -137,6 +137,40 @@ TEST(JobSpecTest, KdStepsDefaultToTheMethodsReferenceValue) {
   EXPECT_EQ(ParseJobSpec(j).spec->distill.kd_steps, 7);     // explicit wins
 }
 
+TEST(JobSpecTest, FastDefaultsAreTheReferenceValuesAndErrorsNameTheField) {
+  json j = Distill();
+  j["distill"]["method"] = "fast";
+  SpecParseResult r = ParseJobSpec(j);
+  ASSERT_TRUE(r.ok()) << r.ErrorText();
+  const FastSpec& f = r.spec->distill.fast;
+  EXPECT_EQ(f.nz, 256);
+  EXPECT_EQ(f.g_steps, 10);  // Fast-10, KDCI's Fast row
+  EXPECT_DOUBLE_EQ(f.lr_g, 2e-3);
+  EXPECT_DOUBLE_EQ(f.lr_z, 0.01);
+  EXPECT_DOUBLE_EQ(f.bn_weight, 10.0);
+  EXPECT_DOUBLE_EQ(f.oh_weight, 0.4);
+  EXPECT_DOUBLE_EQ(f.adv_weight, 1.1);
+  EXPECT_DOUBLE_EQ(f.bn_momentum, 0.9);
+  EXPECT_EQ(f.warmup, 20);
+  EXPECT_EQ(f.meta, "fomaml");
+  EXPECT_TRUE(f.reset_l0);
+  EXPECT_EQ(f.reset_l0_after, 120);
+  EXPECT_EQ(f.pool_max_images, 56320);
+  EXPECT_EQ(r.spec->distill.kd_steps, 400);    // ep_steps = kd_steps = 400
+  EXPECT_EQ(r.spec->kdci.num_prototypes, 8);   // a generator method
+  json back = ToJson(*r.spec);
+  EXPECT_EQ(back["distill"]["fast"]["meta"], "fomaml");
+  SpecParseResult again = ParseJobSpec(back);
+  ASSERT_TRUE(again.ok()) << again.ErrorText();
+  EXPECT_EQ(CanonicalHash(*again.spec), CanonicalHash(*r.spec));
+
+  j["distill"]["fast"] = {{"g_steps", 0}, {"warmup", 5}, {"meta", "maml"}};
+  auto p = Paths(ParseJobSpec(j));
+  ASSERT_EQ(p.size(), 2u) << ::testing::PrintToString(p);
+  EXPECT_EQ(p[0], "distill.fast.g_steps: must be in [1, 1048576]");
+  EXPECT_EQ(p[1], "distill.fast.meta: must be one of fomaml, reptile");
+}
+
 TEST(JobSpecTest, KdciErrorsNameTheField) {
   json j = Distill();
   j["kdci"]["num_prototypes"] = 0;

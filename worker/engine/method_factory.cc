@@ -6,6 +6,7 @@
 #include "worker/data/transforms.h"
 #include "worker/methods/dafl.h"
 #include "worker/methods/deep_inversion.h"
+#include "worker/methods/fast_meta.h"
 #include "worker/methods/noise_method.h"
 
 namespace dfkd::worker {
@@ -61,6 +62,28 @@ std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps
                                                  .crop_padding(deps.crop_padding)
                                                  .norm(deps.norm),
                                              deps);
+  } else if (d.method == "fast") {
+    const common::FastSpec& a = d.fast;
+    method = std::make_unique<FastMethod>(
+        FastOptions()
+            .temperature(d.temperature)
+            .nz(a.nz)
+            .synthesis_batch_size(d.synthesis_batch_size)
+            .g_steps(a.g_steps)
+            .lr_g(a.lr_g)
+            .lr_z(a.lr_z)
+            .bn_weight(a.bn_weight)
+            .oh_weight(a.oh_weight)
+            .adv_weight(a.adv_weight)
+            .bn_momentum(a.bn_momentum)
+            .warmup(a.warmup)
+            .meta(a.meta == "reptile" ? FastMetaUpdate::kReptile : FastMetaUpdate::kFomaml)
+            .reset_l0(a.reset_l0)
+            .reset_l0_after(a.reset_l0_after)
+            .pool_max_images(a.pool_max_images)
+            .crop_padding(deps.crop_padding)
+            .norm(deps.norm),
+        deps);
   } else {
     throw std::invalid_argument("distill.method: '" + d.method + "' is not built in yet");
   }

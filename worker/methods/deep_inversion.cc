@@ -82,7 +82,8 @@ torch::Tensor TotalVariationL1(const torch::Tensor& x) {
 }
 
 DeepInversion::DeepInversion(DeepInversionOptions options, MethodDeps deps)
-    : options_(std::move(options)), deps_(std::move(deps)) {
+    : options_(std::move(options)), deps_(std::move(deps)),
+      pool_(options_.pool_max_images(), ImagePool::Quantize::kRound) {
   TORCH_CHECK(deps_.teacher && deps_.student, "deepinv: teacher and student required");
   TORCH_CHECK(deps_.image_shape.size() == 3, "deepinv: image shape must be {C, H, W}");
   TORCH_CHECK(deps_.num_classes > 0, "deepinv: num_classes must be positive");
@@ -91,7 +92,6 @@ DeepInversion::DeepInversion(DeepInversionOptions options, MethodDeps deps)
   TORCH_CHECK(options_.g_steps() >= 0, "deepinv: g_steps must be >= 0");
   TORCH_CHECK(options_.jitter() >= 0, "deepinv: jitter must be >= 0");
   TORCH_CHECK(options_.crop_padding() >= 0, "deepinv: crop_padding must be >= 0");
-  TORCH_CHECK(options_.pool_max_images() > 0, "deepinv: pool_max_images must be positive");
   TORCH_CHECK(options_.norm().mean.size() == options_.norm().std.size() &&
                   !options_.norm().mean.empty(),
               "deepinv: normalisation mean/std missing or of different lengths");
@@ -178,28 +178,15 @@ void DeepInversion::Synthesize(const RoundContext& ctx) {
   // it exactly what the pool's uint8 images encode.
   last_ = ClampToImageRange(best).detach();
 
-  torch::Tensor u8 = (Denormalize(last_, o.norm()) * 255.0)
-                         .round()
-                         .clamp(0, 255)
-                         .to(torch::kUInt8)
-                         .cpu()
-                         .contiguous();
-  pool_ = pool_.defined() ? torch::cat({pool_, u8}, 0) : u8;
-  const int64_t n = pool_.size(0);
-  if (n > o.pool_max_images()) {
-    pool_ = pool_.narrow(0, n - o.pool_max_images(), o.pool_max_images()).clone();
-  }
+  pool_.Add(Denormalize(last_, o.norm()));
 }
 
 torch::Tensor DeepInversion::Sample(int64_t batch_size, const RoundContext& ctx) {
   TORCH_CHECK(pool_size() > 0, "deepinv: Sample() before any Synthesize()");
   TORCH_CHECK(batch_size > 0, "deepinv: batch_size must be positive");
   const uint64_t key = StreamSeed(ctx.seed, 2 + (RankOf(ctx) << 8), ctx.global_step);
-  at::Generator gen = at::detail::createCPUGenerator(key);
-  std::mt19937_64 rng(key);
-  torch::Tensor idx = torch::randint(0, pool_size(), {batch_size}, gen, torch::kLong);
-  torch::Tensor images = RandomCropFlip(pool_.index_select(0, idx), options_.crop_padding(),
-                                        /*flip=*/true, rng);
+  torch::Tensor images =
+      pool_.Sample(batch_size, key, options_.crop_padding(), /*flip=*/true);
   return Normalize(images, options_.norm()).to(device());
 }
 
@@ -233,13 +220,12 @@ nlohmann::json DeepInversion::Describe() const {
 }
 
 void DeepInversion::Save(torch::serialize::OutputArchive& archive) const {
-  if (pool_.defined()) archive.write("pool", pool_);
+  pool_.Save(archive, "pool");
   if (last_.defined()) archive.write("last_synthesized", last_);
 }
 
 void DeepInversion::Load(torch::serialize::InputArchive& archive) {
-  torch::Tensor pool;
-  pool_ = archive.try_read("pool", pool) ? pool : torch::Tensor();
+  pool_.Load(archive, "pool");
   torch::Tensor last;
   last_ = archive.try_read("last_synthesized", last) ? last : torch::Tensor();
 }

@@ -17,7 +17,8 @@
 // intent; its `best_inputs = inputs.data` aliases the live pixels, which Adam
 // and clip_images update in place, so its code in effect keeps the final
 // iterate: keep_lowest_loss(false)), kept batch quantised to uint8 into a
-// bounded pool (the reference's PNG pool), plain KD (T = 20) on pool batches
+// bounded pool (the reference's PNG pool; rounded to the nearest level, where
+// the reference's PNG writer truncates), plain KD (T = 20) on pool batches
 // augmented with the data set's train transform (crop pad 4 + flip).
 //
 // Our choice, not the reference's: the reference iterates a shuffled loader
@@ -34,6 +35,7 @@
 #include <torch/arg.h>
 
 #include "worker/data/transforms.h"
+#include "worker/methods/image_pool.h"
 #include "worker/methods/method.h"
 
 namespace dfkd::worker {
@@ -76,8 +78,8 @@ class DeepInversion final : public Method {
   void Load(torch::serialize::InputArchive& archive) override;
 
   // uint8 [N, C, H, W], oldest first; undefined before the first round.
-  const torch::Tensor& pool() const { return pool_; }
-  int64_t pool_size() const { return pool_.defined() ? pool_.size(0) : 0; }
+  const torch::Tensor& pool() const { return pool_.images(); }
+  int64_t pool_size() const { return pool_.size(); }
   const DeepInversionOptions& options() const { return options_; }
 
  private:
@@ -87,8 +89,8 @@ class DeepInversion final : public Method {
 
   DeepInversionOptions options_;
   MethodDeps deps_;
-  torch::Tensor pool_;  // uint8, CPU
-  torch::Tensor last_;  // normalised float
+  ImagePool pool_;       // rounded to the nearest uint8 level
+  torch::Tensor last_;   // normalised float
 };
 
 // sum over taps of ||running_var - variance||_2 + ||running_mean - mean||_2
