@@ -49,6 +49,9 @@ for r in rows:
     if r["bench"] == "synthesis" and r["method"] == "deepinv":
         print("synthesis DeepInv: %.2f s per pixel step of 256, %.3f images/s at 1000 steps a round"
               % (r["seconds_per_pixel_step"], r["images_per_second_at_1000_steps"]))
+    if r["bench"] == "synthesis" and r["method"] == "fast":
+        print("synthesis Fast-%d: %.2f s per call of 256, %.1f images/s"
+              % (r["g_steps"], r["seconds_per_call"], r["images_per_second"]))
     if r["bench"] == "loader":
         print("loader %-22s %8.0f images/s (batch 128, augment + normalise, %d threads)"
               % (r["data"], r["images_per_s"], r["threads"]))
