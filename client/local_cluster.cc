@@ -16,6 +16,7 @@
 #include "client/cli_common.h"
 #include "client/process.h"
 #include "client/text_table.h"
+#include "common/spec/fnv1a.h"
 
 namespace dfkd::client {
 namespace {
@@ -50,17 +51,6 @@ std::string Trim(const std::string& text) {
   if (begin == std::string::npos) return "";
   const size_t end = text.find_last_not_of(" \t\r\n");
   return text.substr(begin, end - begin + 1);
-}
-
-std::string Fnv1aHex(const std::string& text) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : text) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  char buf[17];
-  snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
 }
 
 std::string UserName() {
@@ -155,7 +145,7 @@ std::string ResolvePgDir(const std::string& data_dir, std::ostream& log) {
          "(install the postgresql package)");
   }
   if (PostgresCanReach(data_dir, *pg)) return link.string();
-  const fs::path fallback = fs::path("/var/lib/dfkd") / ("pg-" + Fnv1aHex(data_dir));
+  const fs::path fallback = fs::path("/var/lib/dfkd") / ("pg-" + common::Fnv1a64Hex(data_dir));
   fs::create_directories(fallback, ec);
   if (ec) Fail("cannot create " + fallback.string() + ": " + ec.message());
   fs::permissions("/var/lib/dfkd", fs::perms(0755), ec);

@@ -26,22 +26,12 @@
 
 #include "common/campaign/campaign.h"
 #include "common/campaign/campaign_internal.h"
+#include "common/spec/fnv1a.h"
 
 namespace dfkd::common::campaign_internal {
 namespace {
 
 using nlohmann::json;
-
-std::string Fnv1a64Hex(const std::string& text) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : text) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  char buf[17];
-  snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
-}
 
 std::set<std::string> ErrorTexts(const std::vector<SpecError>& errors) {
   std::set<std::string> texts;

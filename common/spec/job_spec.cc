@@ -5,6 +5,8 @@
 #include <set>
 #include <sstream>
 
+#include "common/spec/fnv1a.h"
+
 namespace dfkd::common {
 namespace {
 
@@ -499,15 +501,7 @@ std::string CanonicalHash(const JobSpec& spec) {
   // is presentation only, so it does not take part.
   json j = ToJson(spec);
   j.erase("name");
-  std::string text = j.dump();
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : text) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  char buf[17];
-  snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
+  return Fnv1a64Hex(j.dump());
 }
 
 }  // namespace dfkd::common

@@ -98,9 +98,11 @@ RunOutcome Trainer::Run(const RunControl& control) {
   double loss_avg = 0.0, acc_avg = 0.0;  // exponential moving averages
   double sync_seconds = 0.0, step_seconds = 0.0;  // this process's steps
   int64_t images = 0, last_eval_step = -1;
+  EvalResult last_eval;  // rank 0: the evaluation at last_eval_step
   auto evaluate = [&] {
     if (root) {
       EvalResult ev = run_eval();
+      last_eval = ev;
       if (ev.top1 > state.best_top1) {
         state.best_top1 = ev.top1;
         state.best_step = state.step;
@@ -197,7 +199,8 @@ RunOutcome Trainer::Run(const RunControl& control) {
   progress.Finish();
   outcome.finished = true;
   if (root) {
-    EvalResult final_eval = run_eval();
+    // The model has not changed since the evaluation at this step.
+    const EvalResult& final_eval = last_eval;
     SaveWeights((fs::path(out_dir_) / "model.pt").string(), *model_);
     outcome.result = {
         {"spec_hash", state.spec_hash},

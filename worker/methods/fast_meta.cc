@@ -276,8 +276,8 @@ void FastMethod::Call(int64_t call, const RoundContext& ctx) {
 torch::Tensor FastMethod::Sample(int64_t batch_size, const RoundContext& ctx) {
   TORCH_CHECK(pool_.size() > 0, "fast: Sample() before any Synthesize()");
   TORCH_CHECK(batch_size > 0, "fast: batch_size must be positive");
-  const uint64_t key = StreamSeed(ctx.seed, 2 + (RankOf(ctx) << 8), ctx.global_step);
-  torch::Tensor images = pool_.Sample(batch_size, key, options_.crop_padding(), /*flip=*/true);
+  torch::Tensor images =
+      pool_.Sample(batch_size, StudentBatchKey(ctx), options_.crop_padding(), /*flip=*/true);
   return Normalize(images, options_.norm()).to(device());
 }
 

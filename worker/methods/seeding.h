@@ -19,6 +19,12 @@ inline uint64_t RankOf(const RoundContext& ctx) {
   return ctx.comm != nullptr ? static_cast<uint64_t>(ctx.comm->rank()) : 0;
 }
 
+// The key of this step's student batch drawn from a method's image pool
+// (stream 2, one per rank): DeepInv and Fast sample with it.
+inline uint64_t StudentBatchKey(const RoundContext& ctx) {
+  return StreamSeed(ctx.seed, 2 + (RankOf(ctx) << 8), ctx.global_step);
+}
+
 }  // namespace dfkd::worker
 
 #endif  // DFKD_WORKER_METHODS_SEEDING_H_
