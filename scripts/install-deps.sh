@@ -10,7 +10,7 @@ PKGS=(
   libpqxx-dev postgresql openssl libssl-dev
   prometheus-cpp-dev prometheus
   nlohmann-json3-dev libcli11-dev libgtest-dev zlib1g-dev libopencv-dev
-  dataset-fashion-mnist python3-torch
+  dataset-fashion-mnist python3-torch visp-images-data
 )
 
 missing=()

@@ -220,10 +220,11 @@ void ReadTeacher(ObjectReader& r, TeacherSpec* t) {
 void ReadDistill(ObjectReader& r, DistillSpec* d) {
   if (!r.Has("teacher")) r.Error(r.Path("teacher"), "required");
   r.Object("teacher", [&](ObjectReader& c) { ReadTeacher(c, &d->teacher); });
-  r.Enum("method", &d->method, {"noise", "dafl", "deepinv", "fast"});
+  r.Enum("method", &d->method,
+         {"noise", "dafl", "deepinv", "fast", "cmi", "class_bank", "mosaickd", "dfnd"});
   r.Number("temperature", &d->temperature, 1e-3, 1000.0);
   r.Int("steps_per_epoch", &d->steps_per_epoch, 1, kBig);
-  // Omitted: the method's reference value (DAFL 5; DeepInv, Fast and noise 400).
+  // Omitted: the method's reference value (DAFL and MosaicKD 5, others 400).
   d->kd_steps = DefaultKdSteps(d->method);
   r.Int("kd_steps", &d->kd_steps, 1, kBig);
   r.Int("synthesis_batch_size", &d->synthesis_batch_size, 1, 1 << 16);
@@ -266,6 +267,68 @@ void ReadDistill(ObjectReader& r, DistillSpec* d) {
     c.Bool("reset_l0", &a.reset_l0);
     c.Int("reset_l0_after", &a.reset_l0_after, 0, kBig);
     c.Int("pool_max_images", &a.pool_max_images, 1, kBig);
+  });
+  r.Object("cmi", [&](ObjectReader& c) {
+    CmiSpec& a = d->cmi;
+    c.Int("nz", &a.nz, 1, 1 << 16);
+    c.Int("g_steps", &a.g_steps, 1, 1 << 20);
+    c.Number("lr_g", &a.lr_g, 0.0, 10.0);
+    c.Number("bn_weight", &a.bn_weight, 0.0, 1e6);
+    c.Number("oh_weight", &a.oh_weight, 0.0, 1e6);
+    c.Number("adv_weight", &a.adv_weight, 0.0, 1e6);
+    c.Number("cr_weight", &a.cr_weight, 0.0, 1e6);
+    c.Number("cr_temperature", &a.cr_temperature, 1e-4, 100.0);
+    c.Int("head_dim", &a.head_dim, 1, 1 << 16);
+    c.Int("bank_size", &a.bank_size, 1, kBig);
+    c.Int("n_neg", &a.n_neg, 0, kBig);
+    c.Number("local_scale_min", &a.local_scale_min, 0.01, 1.0);
+    c.Int("pool_max_images", &a.pool_max_images, 1, kBig);
+    if (a.n_neg > a.bank_size) c.Error(c.Path("n_neg"), "must be <= bank_size");
+  });
+  r.Object("class_bank", [&](ObjectReader& c) {
+    ClassBankSpec& a = d->class_bank;
+    c.Enum("unit", &a.unit, {"generator", "inversion"});
+    c.Int("nz", &a.nz, 1, 1 << 16);
+    c.Int("ngf", &a.ngf, 1, 1 << 12);
+    c.Int("g_steps", &a.g_steps, 1, 1 << 20);
+    c.Number("lr", &a.lr, 0.0, 100.0);
+    c.Number("bn_weight", &a.bn_weight, 0.0, 1e6);
+    c.Number("oh_weight", &a.oh_weight, 0.0, 1e6);
+    c.Number("adv_weight", &a.adv_weight, 0.0, 1e6);
+    c.Int("images_per_class", &a.images_per_class, 1, 1 << 16);
+    c.Int("classes_per_round", &a.classes_per_round, 0, 1 << 20);
+    c.Int("class_begin", &a.class_begin, 0, 1 << 20);
+    c.Int("class_end", &a.class_end, 0, 1 << 20);
+    c.Int("pool_max_images", &a.pool_max_images, 1, kBig);
+    if (a.class_end != 0 && a.class_end <= a.class_begin) {
+      c.Error(c.Path("class_end"), "must be > class_begin (or 0 = every class)");
+    }
+  });
+  r.Object("pool", [&](ObjectReader& c) {
+    c.String("path", &d->pool.path);
+    c.Enum("normalize", &d->pool.normalize, {"task", "imagenet", "half"});
+  });
+  if (MethodUsesPool(d->method) && d->pool.path.empty()) {
+    r.Error(r.Path("pool.path"), "required for method " + d->method +
+                                     " (an unlabeled pool file; build one with `dfkd pool`)");
+  }
+  r.Object("mosaickd", [&](ObjectReader& c) {
+    MosaicKdSpec& a = d->mosaickd;
+    c.Int("nz", &a.nz, 1, 1 << 16);
+    c.Int("ndf", &a.ndf, 1, 1 << 12);
+    c.Number("lr_g", &a.lr_g, 0.0, 10.0);
+    c.Number("lr_d", &a.lr_d, 0.0, 10.0);
+    c.Number("local_weight", &a.local_weight, 0.0, 1e6);
+    c.Number("align_weight", &a.align_weight, 0.0, 1e6);
+    c.Number("adv_weight", &a.adv_weight, 0.0, 1e6);
+    c.Number("balance_weight", &a.balance_weight, 0.0, 1e6);
+    c.Int("ood_subset", &a.ood_subset, 0, kBig);
+  });
+  r.Object("dfnd", [&](ObjectReader& c) {
+    DfndSpec& a = d->dfnd;
+    c.Int("num_select", &a.num_select, 0, kBig);
+    c.Number("teacher_accuracy", &a.teacher_accuracy, 1e-6, 1.0 - 1e-6);
+    c.Number("lr_theta", &a.lr_theta, 0.0, 10.0);
   });
 }
 
@@ -312,7 +375,13 @@ void ReadRuntime(ObjectReader& r, RuntimeSpec* rt) {
 
 }  // namespace
 
-int64_t DefaultKdSteps(const std::string& method) { return method == "dafl" ? 5 : 400; }
+int64_t DefaultKdSteps(const std::string& method) {
+  return method == "dafl" || method == "mosaickd" ? 5 : 400;
+}
+
+bool MethodUsesPool(const std::string& method) {
+  return method == "mosaickd" || method == "dfnd";
+}
 
 int64_t DefaultKdciPrototypes(const std::string& method) {
   if (method == "deepinv" || method == "cmi") return 32;
@@ -445,40 +514,91 @@ json ToJson(const JobSpec& s) {
                     {"steps_per_epoch", d.steps_per_epoch},
                     {"kd_steps", d.kd_steps},
                     {"synthesis_batch_size", d.synthesis_batch_size},
-                    {"noise_stddev", d.noise_stddev},
-                    {"dafl",
-                     {{"nz", d.dafl.nz},
-                      {"g_steps", d.dafl.g_steps},
-                      {"lr_g", d.dafl.lr_g},
-                      {"oh_weight", d.dafl.oh_weight},
-                      {"ie_weight", d.dafl.ie_weight},
-                      {"act_weight", d.dafl.act_weight}}},
-                    {"deepinv",
-                     {{"g_steps", d.deepinv.g_steps},
-                      {"lr", d.deepinv.lr},
-                      {"bn_weight", d.deepinv.bn_weight},
-                      {"oh_weight", d.deepinv.oh_weight},
-                      {"adv_weight", d.deepinv.adv_weight},
-                      {"tv_weight", d.deepinv.tv_weight},
-                      {"l2_weight", d.deepinv.l2_weight},
-                      {"student_bn_weight", d.deepinv.student_bn_weight},
-                      {"jitter", d.deepinv.jitter},
-                      {"pool_max_images", d.deepinv.pool_max_images},
-                      {"keep_lowest_loss", d.deepinv.keep_lowest_loss}}},
-                    {"fast",
-                     {{"nz", d.fast.nz},
-                      {"g_steps", d.fast.g_steps},
-                      {"lr_g", d.fast.lr_g},
-                      {"lr_z", d.fast.lr_z},
-                      {"bn_weight", d.fast.bn_weight},
-                      {"oh_weight", d.fast.oh_weight},
-                      {"adv_weight", d.fast.adv_weight},
-                      {"bn_momentum", d.fast.bn_momentum},
-                      {"warmup", d.fast.warmup},
-                      {"meta", d.fast.meta},
-                      {"reset_l0", d.fast.reset_l0},
-                      {"reset_l0_after", d.fast.reset_l0_after},
-                      {"pool_max_images", d.fast.pool_max_images}}}};
+                    {"noise_stddev", d.noise_stddev}};
+    // Only the active method's block: adding a method never changes the
+    // canonical JSON (and so the hash) of another method's specs.
+    if (d.method == "dafl") {
+      j["distill"]["dafl"] = {{"nz", d.dafl.nz},
+                              {"g_steps", d.dafl.g_steps},
+                              {"lr_g", d.dafl.lr_g},
+                              {"oh_weight", d.dafl.oh_weight},
+                              {"ie_weight", d.dafl.ie_weight},
+                              {"act_weight", d.dafl.act_weight}};
+    } else if (d.method == "deepinv") {
+      j["distill"]["deepinv"] = {{"g_steps", d.deepinv.g_steps},
+                                 {"lr", d.deepinv.lr},
+                                 {"bn_weight", d.deepinv.bn_weight},
+                                 {"oh_weight", d.deepinv.oh_weight},
+                                 {"adv_weight", d.deepinv.adv_weight},
+                                 {"tv_weight", d.deepinv.tv_weight},
+                                 {"l2_weight", d.deepinv.l2_weight},
+                                 {"student_bn_weight", d.deepinv.student_bn_weight},
+                                 {"jitter", d.deepinv.jitter},
+                                 {"pool_max_images", d.deepinv.pool_max_images},
+                                 {"keep_lowest_loss", d.deepinv.keep_lowest_loss}};
+    } else if (d.method == "fast") {
+      j["distill"]["fast"] = {{"nz", d.fast.nz},
+                              {"g_steps", d.fast.g_steps},
+                              {"lr_g", d.fast.lr_g},
+                              {"lr_z", d.fast.lr_z},
+                              {"bn_weight", d.fast.bn_weight},
+                              {"oh_weight", d.fast.oh_weight},
+                              {"adv_weight", d.fast.adv_weight},
+                              {"bn_momentum", d.fast.bn_momentum},
+                              {"warmup", d.fast.warmup},
+                              {"meta", d.fast.meta},
+                              {"reset_l0", d.fast.reset_l0},
+                              {"reset_l0_after", d.fast.reset_l0_after},
+                              {"pool_max_images", d.fast.pool_max_images}};
+    } else if (d.method == "cmi") {
+      const CmiSpec& a = d.cmi;
+      j["distill"]["cmi"] = {{"nz", a.nz},
+                             {"g_steps", a.g_steps},
+                             {"lr_g", a.lr_g},
+                             {"bn_weight", a.bn_weight},
+                             {"oh_weight", a.oh_weight},
+                             {"adv_weight", a.adv_weight},
+                             {"cr_weight", a.cr_weight},
+                             {"cr_temperature", a.cr_temperature},
+                             {"head_dim", a.head_dim},
+                             {"bank_size", a.bank_size},
+                             {"n_neg", a.n_neg},
+                             {"local_scale_min", a.local_scale_min},
+                             {"pool_max_images", a.pool_max_images}};
+    } else if (d.method == "class_bank") {
+      const ClassBankSpec& a = d.class_bank;
+      j["distill"]["class_bank"] = {{"unit", a.unit},
+                                    {"nz", a.nz},
+                                    {"ngf", a.ngf},
+                                    {"g_steps", a.g_steps},
+                                    {"lr", a.lr},
+                                    {"bn_weight", a.bn_weight},
+                                    {"oh_weight", a.oh_weight},
+                                    {"adv_weight", a.adv_weight},
+                                    {"images_per_class", a.images_per_class},
+                                    {"classes_per_round", a.classes_per_round},
+                                    {"class_begin", a.class_begin},
+                                    {"class_end", a.class_end},
+                                    {"pool_max_images", a.pool_max_images}};
+    } else if (d.method == "mosaickd") {
+      const MosaicKdSpec& a = d.mosaickd;
+      j["distill"]["mosaickd"] = {{"nz", a.nz},
+                                  {"ndf", a.ndf},
+                                  {"lr_g", a.lr_g},
+                                  {"lr_d", a.lr_d},
+                                  {"local_weight", a.local_weight},
+                                  {"align_weight", a.align_weight},
+                                  {"adv_weight", a.adv_weight},
+                                  {"balance_weight", a.balance_weight},
+                                  {"ood_subset", a.ood_subset}};
+    } else if (d.method == "dfnd") {
+      j["distill"]["dfnd"] = {{"num_select", d.dfnd.num_select},
+                              {"teacher_accuracy", d.dfnd.teacher_accuracy},
+                              {"lr_theta", d.dfnd.lr_theta}};
+    }
+    if (MethodUsesPool(d.method)) {
+      j["distill"]["pool"] = {{"path", d.pool.path}, {"normalize", d.pool.normalize}};
+    }
     j["kdci"] = {{"enabled", k.enabled},
                  {"num_prototypes", k.num_prototypes},
                  {"feature_source", k.feature_source},

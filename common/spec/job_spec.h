@@ -128,10 +128,76 @@ struct FastSpec {
   int64_t pool_max_images = 56320;     // 220 calls x 256 images: the reference's final pool
 };
 
+// CMI's options (dfkd-methods.md §5, Fast-Datafree's scripts/cmi_cifar.sh).
+struct CmiSpec {
+  int64_t nz = 256;
+  int64_t g_steps = 200;               // inner iterations per synthesis call
+  double lr_g = 1e-3;                  // Adam over the generator, z and the head
+  double bn_weight = 1.0;
+  double oh_weight = 1.0;
+  double adv_weight = 0.5;
+  double cr_weight = 0.8;              // contrastive term (0 = the "tuned fast" variant)
+  double cr_temperature = 0.2;         // tau (CMI repo scripts: 0.1)
+  int64_t head_dim = 256;
+  int64_t bank_size = 40960;           // memory bank of instance features
+  int64_t n_neg = 4096;                // negatives drawn from the bank per iteration
+  double local_scale_min = 0.25;       // RandomResizedCrop scale of the local view
+  int64_t pool_max_images = 51200;     // 200 calls x 256
+};
+
+// The class-sharded synthesis bank (the paper's ImageNet "one generator per
+// class"; dfkd-methods.md §12): one tiny generator (or inversion batch) per
+// class, owning the classes [class_begin, class_end).
+struct ClassBankSpec {
+  std::string unit = "generator";      // generator | inversion
+  int64_t nz = 32;
+  int64_t ngf = 8;
+  int64_t g_steps = 10;
+  double lr = 1e-3;                    // generator Adam lr (inversion: pixel Adam lr)
+  double bn_weight = 10.0;
+  double oh_weight = 1.0;
+  double adv_weight = 0.0;
+  int64_t images_per_class = 32;       // per synthesis of one class
+  int64_t classes_per_round = 0;       // 0 = every owned class each round
+  int64_t class_begin = 0;
+  int64_t class_end = 0;               // 0 = num_classes
+  int64_t pool_max_images = 51200;
+};
+
+// The unlabeled "wild" pool the sampling methods read (a `dfkd pool` file).
+struct PoolSpec {
+  std::string path;                    // required for mosaickd and dfnd
+  // How pool images are normalised for the models: the task's statistics
+  // (default), ImageNet's (DFND's code, §14.16) or 0.5/0.5 (MosaicKD's
+  // ImageNet-32 OOD sets, §14.17).
+  std::string normalize = "task";      // task | imagenet | half
+};
+
+// MosaicKD's options (dfkd-methods.md §7, README command weights).
+struct MosaicKdSpec {
+  int64_t nz = 100;
+  int64_t ndf = 128;
+  double lr_g = 1e-3;
+  double lr_d = 1e-3;
+  double local_weight = 1.0;
+  double align_weight = 1.0;
+  double adv_weight = 1.0;
+  double balance_weight = 10.0;
+  int64_t ood_subset = 0;              // > 0: keep this many highest-entropy pool images
+};
+
+// DFND's options (dfkd-methods.md §8).
+struct DfndSpec {
+  int64_t num_select = 0;              // most confident pool images kept (0 = all)
+  double teacher_accuracy = 0.9523;    // a_T of the noise transition (the code's CIFAR-10 value)
+  double lr_theta = 1e-3;              // Adam lr of the noise-adaptation logits
+};
+
 // kind distill: a student learns from `teacher` without its training data.
 struct DistillSpec {
   TeacherSpec teacher;
-  std::string method = "noise";        // noise | dafl | deepinv | fast (later: cmi, mosaickd, dfnd)
+  // noise | dafl | deepinv | fast | cmi | class_bank | mosaickd | dfnd
+  std::string method = "noise";
   double temperature = 20.0;           // KD temperature (the references' CIFAR value)
   int64_t steps_per_epoch = 400;       // student steps between evaluations
   int64_t kd_steps = 400;              // student steps per synthesis round;
@@ -141,7 +207,15 @@ struct DistillSpec {
   DaflSpec dafl;                       // method dafl
   DeepInvSpec deepinv;                 // method deepinv
   FastSpec fast;                       // method fast
+  CmiSpec cmi;                         // method cmi
+  ClassBankSpec class_bank;            // method class_bank
+  PoolSpec pool;                       // methods mosaickd, dfnd
+  MosaicKdSpec mosaickd;               // method mosaickd
+  DfndSpec dfnd;                       // method dfnd
 };
+
+// Whether a distill method reads an unlabeled pool (distill.pool).
+bool MethodUsesPool(const std::string& method);
 
 // KDCI on top of the distill method (dfkd-methods.md §1; defaults §1.7).
 struct KdciSpec {
@@ -181,7 +255,9 @@ int64_t DefaultKdciPrototypes(const std::string& method);
 
 // Student steps per synthesis round when distill.kd_steps is omitted: the
 // reference scripts' values (DAFL 5 with g_steps 1; DeepInv and Fast 400 =
-// ep_steps, one synthesis per epoch; noise 400).
+// ep_steps, one synthesis per epoch; noise 400; CMI 400; MosaicKD 5 student
+// steps per generator/discriminator iteration; DFND 400, it has no rounds;
+// class_bank 400).
 int64_t DefaultKdSteps(const std::string& method);
 
 struct SpecError {

@@ -171,6 +171,58 @@ TEST(JobSpecTest, FastDefaultsAreTheReferenceValuesAndErrorsNameTheField) {
   EXPECT_EQ(p[1], "distill.fast.meta: must be one of fomaml, reptile");
 }
 
+TEST(JobSpecTest, PoolMethodsNeedAPoolAndTheirDefaultsAreTheReferenceValues) {
+  json j = Distill();
+  j["distill"]["method"] = "dfnd";
+  auto p = Paths(ParseJobSpec(j));
+  ASSERT_EQ(p.size(), 1u) << ::testing::PrintToString(p);
+  EXPECT_EQ(p[0], "distill.pool.path: required for method dfnd (an unlabeled pool file; "
+                  "build one with `dfkd pool`)");
+  j["distill"]["pool"] = {{"path", "wild.pool"}, {"normalize", "imagenet"}};
+  SpecParseResult r = ParseJobSpec(j);
+  ASSERT_TRUE(r.ok()) << r.ErrorText();
+  EXPECT_DOUBLE_EQ(r.spec->distill.dfnd.teacher_accuracy, 0.9523);
+  EXPECT_EQ(r.spec->kdci.num_prototypes, 128);  // a pool method
+  EXPECT_EQ(r.spec->distill.kd_steps, 400);
+  json back = ToJson(*r.spec);
+  EXPECT_EQ(back["distill"]["pool"]["normalize"], "imagenet");
+  // Only the active method's options are part of the canonical JSON.
+  EXPECT_TRUE(back["distill"].contains("dfnd"));
+  EXPECT_FALSE(back["distill"].contains("fast"));
+  EXPECT_FALSE(back["distill"].contains("mosaickd"));
+
+  j["distill"]["method"] = "mosaickd";
+  r = ParseJobSpec(j);
+  ASSERT_TRUE(r.ok()) << r.ErrorText();
+  EXPECT_EQ(r.spec->distill.kd_steps, 5);  // 5 student steps per G/D iteration
+  EXPECT_DOUBLE_EQ(r.spec->distill.mosaickd.balance_weight, 10.0);
+
+  // A method without a pool does not carry one in its canonical JSON, so a
+  // stray pool block never splits result reuse.
+  json noise = Distill();
+  json with_pool = noise;
+  with_pool["distill"]["pool"] = {{"path", "x.pool"}};
+  EXPECT_EQ(CanonicalHash(*ParseJobSpec(noise).spec),
+            CanonicalHash(*ParseJobSpec(with_pool).spec));
+}
+
+TEST(JobSpecTest, CmiAndClassBankErrorsNameTheField) {
+  json j = Distill();
+  j["distill"]["method"] = "cmi";
+  SpecParseResult r = ParseJobSpec(j);
+  ASSERT_TRUE(r.ok()) << r.ErrorText();
+  EXPECT_EQ(r.spec->distill.cmi.g_steps, 200);
+  EXPECT_DOUBLE_EQ(r.spec->distill.cmi.cr_temperature, 0.2);
+  EXPECT_EQ(r.spec->kdci.num_prototypes, 32);
+  j["distill"]["cmi"] = {{"bank_size", 16}, {"n_neg", 32}};
+  j["distill"]["class_bank"] = {{"unit", "gan"}, {"class_begin", 5}, {"class_end", 3}};
+  auto p = Paths(ParseJobSpec(j));
+  ASSERT_EQ(p.size(), 3u) << ::testing::PrintToString(p);
+  EXPECT_EQ(p[0], "distill.cmi.n_neg: must be <= bank_size");
+  EXPECT_EQ(p[1], "distill.class_bank.unit: must be one of generator, inversion");
+  EXPECT_EQ(p[2], "distill.class_bank.class_end: must be > class_begin (or 0 = every class)");
+}
+
 TEST(JobSpecTest, KdciErrorsNameTheField) {
   json j = Distill();
   j["kdci"]["num_prototypes"] = 0;
