@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -159,7 +160,18 @@ int main(int argc, char** argv) {
     std::cout << spec_path << ": ok (spec " << dfkd::common::CanonicalHash(spec) << ")\n";
     return kExitOk;
   }
-  if (nproc > 1) return Launch(nproc, argc, argv, threads >= 0);
+  // --nproc wins; otherwise a spec with dist.world_size > 1 started by hand
+  // (no RANK in the environment) launches its ranks here.
+  const bool in_group = std::getenv("RANK") != nullptr;
+  if (app.count("--nproc") == 0 && !in_group && spec.dist.world_size > 1) {
+    nproc = static_cast<int>(spec.dist.world_size);
+  }
+  if (nproc > 1 && !in_group) return Launch(nproc, argc, argv, threads >= 0);
+  if (spec.dist.backend == "nccl") {
+    std::cerr << "dfkd-train: dist.backend: nccl is not available in this build "
+                 "(configure with -DDFKD_ENABLE_CUDA=ON against a CUDA LibTorch)\n";
+    return kExitBadSpec;
+  }
   if (out_dir.empty()) {
     out_dir = (std::filesystem::path("runs") /
                std::filesystem::path(spec_path).stem()).string();
@@ -178,6 +190,12 @@ int main(int argc, char** argv) {
   bool root = true;
   try {
     dfkd::worker::RendezvousOptions rdv = dfkd::worker::RendezvousFromEnv();
+    if (std::getenv("DFKD_DIST_TIMEOUT_S") == nullptr) {
+      rdv.timeout = std::chrono::seconds(spec.dist.timeout_seconds);
+    }
+    // The group's size is the spec's unless a launcher (--nproc, a gang)
+    // said otherwise; record what actually ran.
+    spec.dist.world_size = rdv.world_size;
     if (rdv.world_size > 1) {
       comm = dfkd::worker::MakeGlooCommunicator(rdv);
       root = comm->is_root();

@@ -376,6 +376,7 @@ void Expand(const json& campaign_json, const std::string& code_version,
     r.seed = s.seed;
     r.kind = e.kind;
     r.spec = ToJson(s);
+    r.world_size = static_cast<int>(s.dist.world_size);
     r.identity = RunIdentity(s, "", code_version);
     teacher_runs[i] = static_cast<int>(c->runs.size());
     teacher_identities[i] = r.identity;
@@ -400,6 +401,7 @@ void Expand(const json& campaign_json, const std::string& code_version,
         r.seed = seed;
         r.kind = e.kind;
         r.spec = ToJson(s);
+        r.world_size = static_cast<int>(s.dist.world_size);
         r.identity = RunIdentity(s, "", code_version);
         c->runs.push_back(std::move(r));
       }

@@ -320,6 +320,7 @@ void ExpandDistillGrid(const CampaignInput& in, const std::string& code_version,
       r.kind = JobKindName(JobKind::kDistill);
       r.spec = ToJson(s);
       r.depends_on = teacher >= 0 ? teacher_runs[teacher] : -1;
+      r.world_size = static_cast<int>(s.dist.world_size);
       r.identity = RunIdentity(s, teacher >= 0 ? teacher_identities[teacher] : "", code_version);
       out->runs.push_back(std::move(r));
     }

@@ -367,6 +367,16 @@ void ReadKdci(ObjectReader& r, KdciSpec* k, const std::string& method) {
   }
 }
 
+void ReadDist(ObjectReader& r, DistSpec* d, const RuntimeSpec& rt) {
+  r.Int("world_size", &d->world_size, 1, 4096);
+  r.Enum("backend", &d->backend, {"gloo", "nccl"});
+  r.Int("bucket_mb", &d->bucket_mb, 1, 4096);
+  r.Int("timeout_seconds", &d->timeout_seconds, 1, 86400);
+  if (d->backend == "nccl" && rt.device != "cuda") {
+    r.Error(r.Path("backend"), "nccl needs runtime.device \"cuda\"");
+  }
+}
+
 void ReadRuntime(ObjectReader& r, RuntimeSpec* rt) {
   r.Int("threads", &rt->threads, 0, 1024);
   r.Enum("device", &rt->device, {"cpu", "cuda"});
@@ -428,6 +438,7 @@ SpecParseResult ParseJobSpec(const json& j) {
     r.Object("model", [&](ObjectReader& c) { ReadModel(c, &spec.model); });
     r.Object("train", [&](ObjectReader& c) { ReadTrain(c, &spec.train); });
     r.Object("runtime", [&](ObjectReader& c) { ReadRuntime(c, &spec.runtime); });
+    r.Object("dist", [&](ObjectReader& c) { ReadDist(c, &spec.dist, spec.runtime); });
     if (spec.kind == JobKind::kDistill) {
       if (!r.Has("distill")) r.Error("distill", "required for kind distill");
       r.Object("distill", [&](ObjectReader& c) { ReadDistill(c, &spec.distill); });
@@ -500,6 +511,11 @@ json ToJson(const JobSpec& s) {
           {"gamma", o.gamma},
           {"eta_min", o.eta_min},
           {"warmup_steps", o.warmup_steps}}}}},
+      {"dist",
+       {{"world_size", s.dist.world_size},
+        {"backend", s.dist.backend},
+        {"bucket_mb", s.dist.bucket_mb},
+        {"timeout_seconds", s.dist.timeout_seconds}}},
       {"runtime",
        {{"threads", s.runtime.threads},
         {"device", s.runtime.device},

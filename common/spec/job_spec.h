@@ -76,6 +76,14 @@ struct RuntimeSpec {
   bool channels_last = true;           // NHWC weights and inputs (faster oneDNN convs)
 };
 
+// Data-parallel training across ranks (DDP semantics over c10d; worker/dist).
+struct DistSpec {
+  int64_t world_size = 1;              // ranks; the scheduler leases them as one gang
+  std::string backend = "gloo";        // gloo (CPU) | nccl (runtime.device cuda, CUDA builds)
+  int64_t bucket_mb = 25;              // gradient-averaging bucket size (DDP's default)
+  int64_t timeout_seconds = 60;        // rendezvous and collective timeout
+};
+
 // A trained network to load: architecture plus a weights file (model.pt of a
 // train_teacher run).
 struct TeacherSpec {
@@ -244,6 +252,7 @@ struct JobSpec {
   ModelSpec model;
   TrainSpec train;
   RuntimeSpec runtime;
+  DistSpec dist;
   DistillSpec distill;                 // kind distill only
   KdciSpec kdci;                       // kind distill only
 };

@@ -245,7 +245,7 @@ TEST(CampaignTest, EveryErrorIsCollectedWithItsPath) {
   EXPECT_EQ(r.errors.size(), 3u) << r.ErrorText();
   EXPECT_TRUE(Has(r, "seeds[2]: must be a non-negative integer")) << r.ErrorText();
   EXPECT_TRUE(Has(r, "axes.distill.method[1]: distill.method: must be one of noise, dafl, "
-                     "deepinv, fast"))
+                     "deepinv, fast, cmi, class_bank, mosaickd, dfnd"))
       << r.ErrorText();
   EXPECT_TRUE(Has(r, "variants.no_prior: kdci.ablation: must be one of none, random_lambda, "
                      "random_z, no_prior, other_z"))
@@ -578,6 +578,34 @@ TEST(CampaignTest, PaperCampaignsExpand) {
       ASSERT_TRUE(r.ok()) << file << "\n" << r.ErrorText();
     }
   }
+}
+
+}  // namespace
+}  // namespace dfkd::common
+
+namespace dfkd::common {
+namespace {
+
+// dist.world_size reaches the scheduler as the run's gang size, and differs
+// in identity from a one-rank run of the same cell.
+TEST(CampaignTest, DistWorldSizeBecomesTheGangSize) {
+  json j = Grid();
+  j["axes"] = {{"dist.world_size", {1, 2}}};
+  CampaignParseResult r = ExpandCampaign(j, kCode);
+  ASSERT_TRUE(r.ok()) << r.ErrorText();
+  const ExpandedCampaign& c = *r.campaign;
+  ASSERT_EQ(c.runs.size(), 5u);  // the teacher + 2 cells x 2 seeds
+  EXPECT_EQ(c.runs[0].world_size, 1);  // the teacher
+  EXPECT_EQ(c.runs[1].world_size, 1);
+  EXPECT_EQ(c.runs[3].world_size, 2);
+  EXPECT_EQ(c.runs[3].spec["dist"]["world_size"], 2);
+  EXPECT_NE(c.runs[1].identity, c.runs[3].identity);
+
+  json nccl = Grid();
+  nccl["base"]["dist"] = {{"backend", "nccl"}};
+  EXPECT_TRUE(Has(ExpandCampaign(nccl, kCode),
+                  "base.dist.backend: nccl needs runtime.device \"cuda\""))
+      << ::testing::PrintToString(Errors(ExpandCampaign(nccl, kCode)));
 }
 
 }  // namespace

@@ -143,7 +143,7 @@ RunOutcome Trainer::Run(const RunControl& control) {
     optimizer.zero_grad();
     r.loss.backward();
     const auto sync_start = Clock::now();
-    AverageGradients(comm_, params);
+    AverageGradients(comm_, params, spec_.dist.bucket_mb << 20);
     sync_seconds += std::chrono::duration<double>(Clock::now() - sync_start).count();
     optimizer.step();
     step_seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
