@@ -29,6 +29,8 @@ void AddCampaignCommands(CLI::App& app, const GlobalOptions& global, std::vector
 void AddWatchCommands(CLI::App& app, const GlobalOptions& global, std::vector<Command>* out);
 // results, logs
 void AddResultsCommands(CLI::App& app, const GlobalOptions& global, std::vector<Command>* out);
+// pool: the unlabeled image pool of MosaicKD / DFND, built here (no scheduler)
+void AddPoolCommands(CLI::App& app, const GlobalOptions& global, std::vector<Command>* out);
 
 // Follows campaign `campaign_id` until it ends: a grid on a terminal, lines
 // otherwise, JSON lines with --output json. Returns kExitOk, or

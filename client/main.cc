@@ -13,7 +13,8 @@ int main(int argc, char** argv) {
       "dfkd: data-free knowledge distillation campaigns on a dfkd cluster.\n\n"
       "  dfkd up                      start a local cluster (PostgreSQL, scheduler, workers)\n"
       "  dfkd submit FILE --wait      submit a campaign and watch it\n"
-      "  dfkd results ID              the paper's table for it\n\n"
+      "  dfkd results ID              the paper's table for it\n"
+      "  dfkd pool --dataset cifar10 --out FILE   the unlabeled image pool (MosaicKD, DFND)\n\n"
       "The scheduler is found through --addr/--token, DFKD_ADDR/DFKD_TOKEN, the config\n"
       "file ~/.config/dfkd/config.json {\"addr\", \"token\"}, else the local cluster.",
       "dfkd"};
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
   AddCampaignCommands(app, global, &commands);
   AddWatchCommands(app, global, &commands);
   AddResultsCommands(app, global, &commands);
+  AddPoolCommands(app, global, &commands);
 
   try {
     app.parse(argc, argv);

@@ -104,14 +104,14 @@ class OutFile {
   std::FILE* f_;
 };
 
-// Calls write(file) on PATH.tmp, then renames it to PATH; the temporary file
+// Calls fill(file) on PATH.tmp, then renames it to PATH; the temporary file
 // is removed on any error.
-template <typename WriteFn>
-void WriteAtomically(const std::string& path, WriteFn write) {
+template <typename FillFn>
+void WriteAtomically(const std::string& path, FillFn fill) {
   const std::string tmp = path + ".tmp";
   try {
     OutFile out(tmp);
-    write(out);
+    fill(out);
     out.Close();
     std::error_code ec;
     fs::rename(tmp, path, ec);

@@ -222,6 +222,7 @@ void ReadDistill(ObjectReader& r, DistillSpec* d) {
   r.Object("teacher", [&](ObjectReader& c) { ReadTeacher(c, &d->teacher); });
   r.Enum("method", &d->method,
          {"noise", "dafl", "deepinv", "fast", "cmi", "class_bank", "mosaickd", "dfnd"});
+  d->temperature = DefaultTemperature(d->method);
   r.Number("temperature", &d->temperature, 1e-3, 1000.0);
   r.Int("steps_per_epoch", &d->steps_per_epoch, 1, kBig);
   // Omitted: the method's reference value (DAFL and MosaicKD 5, others 400).
@@ -290,7 +291,7 @@ void ReadDistill(ObjectReader& r, DistillSpec* d) {
     c.Enum("unit", &a.unit, {"generator", "inversion"});
     c.Int("nz", &a.nz, 1, 1 << 16);
     c.Int("ngf", &a.ngf, 1, 1 << 12);
-    c.Int("g_steps", &a.g_steps, 1, 1 << 20);
+    c.Int("g_steps", &a.g_steps, 0, 1 << 20);
     c.Number("lr", &a.lr, 0.0, 100.0);
     c.Number("bn_weight", &a.bn_weight, 0.0, 1e6);
     c.Number("oh_weight", &a.oh_weight, 0.0, 1e6);
@@ -387,6 +388,12 @@ void ReadRuntime(ObjectReader& r, RuntimeSpec* rt) {
 
 int64_t DefaultKdSteps(const std::string& method) {
   return method == "dafl" || method == "mosaickd" ? 5 : 400;
+}
+
+double DefaultTemperature(const std::string& method) {
+  if (method == "mosaickd") return 1.0;
+  if (method == "dfnd") return 4.0;
+  return 20.0;
 }
 
 bool MethodUsesPool(const std::string& method) {

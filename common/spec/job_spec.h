@@ -160,8 +160,8 @@ struct ClassBankSpec {
   std::string unit = "generator";      // generator | inversion
   int64_t nz = 32;
   int64_t ngf = 8;
-  int64_t g_steps = 10;
-  double lr = 1e-3;                    // generator Adam lr (inversion: pixel Adam lr)
+  int64_t g_steps = 0;                 // per class and call; 0 = the unit's (10 / 50)
+  double lr = 0.0;                     // Adam lr; 0 = the unit's (generator 1e-3, inversion 0.1)
   double bn_weight = 10.0;
   double oh_weight = 1.0;
   double adv_weight = 0.0;
@@ -206,7 +206,7 @@ struct DistillSpec {
   TeacherSpec teacher;
   // noise | dafl | deepinv | fast | cmi | class_bank | mosaickd | dfnd
   std::string method = "noise";
-  double temperature = 20.0;           // KD temperature (the references' CIFAR value)
+  double temperature = 20.0;           // KD temperature; omitted = DefaultTemperature(method)
   int64_t steps_per_epoch = 400;       // student steps between evaluations
   int64_t kd_steps = 400;              // student steps per synthesis round;
                                        // omitted = DefaultKdSteps(method)
@@ -221,6 +221,11 @@ struct DistillSpec {
   MosaicKdSpec mosaickd;               // method mosaickd
   DfndSpec dfnd;                       // method dfnd
 };
+
+// The KD temperature of a method's reference scripts when distill.temperature
+// is omitted: 20 (every zju-vipa CIFAR script), MosaicKD 1 (kd_mosaic.py's
+// default, §7.3), DFND 4 (DFND-train.py's kdloss, §8.3).
+double DefaultTemperature(const std::string& method);
 
 // Whether a distill method reads an unlabeled pool (distill.pool).
 bool MethodUsesPool(const std::string& method);

@@ -182,6 +182,7 @@ TEST(JobSpecTest, PoolMethodsNeedAPoolAndTheirDefaultsAreTheReferenceValues) {
   SpecParseResult r = ParseJobSpec(j);
   ASSERT_TRUE(r.ok()) << r.ErrorText();
   EXPECT_DOUBLE_EQ(r.spec->distill.dfnd.teacher_accuracy, 0.9523);
+  EXPECT_DOUBLE_EQ(r.spec->distill.temperature, 4.0);  // DFND's kdloss
   EXPECT_EQ(r.spec->kdci.num_prototypes, 128);  // a pool method
   EXPECT_EQ(r.spec->distill.kd_steps, 400);
   json back = ToJson(*r.spec);
@@ -195,6 +196,7 @@ TEST(JobSpecTest, PoolMethodsNeedAPoolAndTheirDefaultsAreTheReferenceValues) {
   r = ParseJobSpec(j);
   ASSERT_TRUE(r.ok()) << r.ErrorText();
   EXPECT_EQ(r.spec->distill.kd_steps, 5);  // 5 student steps per G/D iteration
+  EXPECT_DOUBLE_EQ(r.spec->distill.temperature, 1.0);
   EXPECT_DOUBLE_EQ(r.spec->distill.mosaickd.balance_weight, 10.0);
 
   // A method without a pool does not carry one in its canonical JSON, so a

@@ -203,7 +203,7 @@ class FakeClassifierImpl : public ClassifierImpl {
     torch::Tensor cls = constant_ >= 0
         ? torch::full({x.size(0)}, constant_, torch::kInt64)
         : (x.flatten(1).select(1, 0) * 255).round().to(torch::kInt64).remainder(classes_);
-    return {torch::one_hot(cls, classes_).to(torch::kFloat32), x.flatten(1), {}};
+    return {torch::one_hot(cls, classes_).to(torch::kFloat32), x.flatten(1), {}, {}};
   }
   torch::Tensor Classify(const torch::Tensor& f) override { return f; }
   int64_t feature_dim() const override { return 1; }

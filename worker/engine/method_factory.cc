@@ -1,12 +1,19 @@
 #include "worker/engine/method_factory.h"
 
+#include <algorithm>
 #include <stdexcept>
+#include <vector>
 
 #include "worker/kdci/kdci_method.h"
 #include "worker/data/transforms.h"
+#include "worker/data/unlabeled_pool.h"
+#include "worker/methods/class_bank_method.h"
+#include "worker/methods/cmi.h"
 #include "worker/methods/dafl.h"
 #include "worker/methods/deep_inversion.h"
+#include "worker/methods/dfnd.h"
 #include "worker/methods/fast_meta.h"
+#include "worker/methods/mosaic_kd.h"
 #include "worker/methods/noise_method.h"
 
 namespace dfkd::worker {
@@ -16,6 +23,27 @@ PcaMode ParsePca(const std::string& s) {
   if (s == "fixed") return PcaMode::kFixedDim;
   if (s == "off") return PcaMode::kOff;
   return PcaMode::kVariance;
+}
+
+// distill.pool.normalize -> the statistics pool images are normalised with.
+Normalization PoolNormalization(const std::string& mode, const MethodDeps& deps) {
+  if (mode == "imagenet") {
+    if (deps.image_shape.at(0) != 3) {
+      throw std::invalid_argument("distill.pool.normalize: imagenet needs 3-channel images");
+    }
+    return NormalizationFor("imagenet");
+  }
+  if (mode == "half") {
+    const size_t c = static_cast<size_t>(deps.image_shape.at(0));
+    return {std::vector<float>(c, 0.5f), std::vector<float>(c, 0.5f)};
+  }
+  return deps.norm;
+}
+
+// The whole run's student steps (train.max_steps caps epochs x steps).
+int64_t TotalSteps(const common::JobSpec& spec) {
+  const int64_t planned = spec.train.epochs * spec.distill.steps_per_epoch;
+  return spec.train.max_steps > 0 ? std::min(planned, spec.train.max_steps) : planned;
 }
 
 }  // namespace
@@ -84,6 +112,84 @@ std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps
             .crop_padding(deps.crop_padding)
             .norm(deps.norm),
         deps);
+  } else if (d.method == "cmi") {
+    const common::CmiSpec& a = d.cmi;
+    method = std::make_unique<CmiMethod>(CmiOptions()
+                                             .temperature(d.temperature)
+                                             .nz(a.nz)
+                                             .synthesis_batch_size(d.synthesis_batch_size)
+                                             .g_steps(a.g_steps)
+                                             .lr_g(a.lr_g)
+                                             .bn_weight(a.bn_weight)
+                                             .oh_weight(a.oh_weight)
+                                             .adv_weight(a.adv_weight)
+                                             .cr_weight(a.cr_weight)
+                                             .cr_temperature(a.cr_temperature)
+                                             .head_dim(a.head_dim)
+                                             .bank_size(a.bank_size)
+                                             .n_neg(a.n_neg)
+                                             .local_scale_min(a.local_scale_min)
+                                             .pool_max_images(a.pool_max_images)
+                                             .crop_padding(deps.crop_padding)
+                                             .norm(deps.norm),
+                                         deps);
+  } else if (d.method == "class_bank") {
+    const common::ClassBankSpec& a = d.class_bank;
+    method = std::make_unique<ClassBankMethod>(ClassBankOptions()
+                                                   .temperature(d.temperature)
+                                                   .unit(ParseClassBankUnit(a.unit))
+                                                   .nz(a.nz)
+                                                   .ngf(a.ngf)
+                                                   .g_steps(a.g_steps)
+                                                   .lr(a.lr)
+                                                   .bn_weight(a.bn_weight)
+                                                   .oh_weight(a.oh_weight)
+                                                   .adv_weight(a.adv_weight)
+                                                   .images_per_class(a.images_per_class)
+                                                   .classes_per_round(a.classes_per_round)
+                                                   .class_begin(a.class_begin)
+                                                   .class_end(a.class_end)
+                                                   .pool_max_images(a.pool_max_images)
+                                                   .crop_padding(deps.crop_padding)
+                                                   .norm(deps.norm),
+                                               deps);
+  } else if (d.method == "mosaickd") {
+    const common::MosaicKdSpec& a = d.mosaickd;
+    torch::Tensor pool = LoadUnlabeledPool(d.pool.path, deps.image_shape,
+                                           std::max<int64_t>(1, a.ood_subset));
+    const int64_t rounds = (TotalSteps(spec) + d.kd_steps - 1) / d.kd_steps;
+    method = std::make_unique<MosaicKd>(MosaicKdOptions()
+                                            .temperature(d.temperature)
+                                            .nz(a.nz)
+                                            .ndf(a.ndf)
+                                            .synthesis_batch_size(d.synthesis_batch_size)
+                                            .lr_g(a.lr_g)
+                                            .lr_d(a.lr_d)
+                                            .local_weight(a.local_weight)
+                                            .align_weight(a.align_weight)
+                                            .adv_weight(a.adv_weight)
+                                            .balance_weight(a.balance_weight)
+                                            .ood_subset(a.ood_subset)
+                                            .total_rounds(rounds)
+                                            .crop_padding(deps.crop_padding)
+                                            .norm(deps.norm)
+                                            .pool(pool)
+                                            .pool_norm(PoolNormalization(d.pool.normalize, deps)),
+                                        deps);
+  } else if (d.method == "dfnd") {
+    const common::DfndSpec& a = d.dfnd;
+    torch::Tensor pool = LoadUnlabeledPool(d.pool.path, deps.image_shape,
+                                           std::max<int64_t>(1, a.num_select));
+    method = std::make_unique<Dfnd>(DfndOptions()
+                                        .temperature(d.temperature)
+                                        .num_select(a.num_select)
+                                        .teacher_accuracy(a.teacher_accuracy)
+                                        .lr_theta(a.lr_theta)
+                                        .crop_padding(deps.crop_padding)
+                                        .norm(deps.norm)
+                                        .pool(pool)
+                                        .pool_norm(PoolNormalization(d.pool.normalize, deps)),
+                                    deps);
   } else {
     throw std::invalid_argument("distill.method: '" + d.method + "' is not built in yet");
   }

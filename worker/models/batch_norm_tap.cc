@@ -21,6 +21,10 @@ torch::Tensor TappedBatchNorm2dImpl::forward(const torch::Tensor& x) {
     last.running_mean = bn->running_mean.detach().clone();
     last.running_var = bn->running_var.detach().clone();
   }
+  if (capture_instance_means) {
+    // CMI's InstanceMeanHook: the per-sample spatial mean of the input.
+    last_instance_mean = x.mean({2, 3});
+  }
   return y;
 }
 
@@ -34,6 +38,20 @@ std::vector<BatchNormTap> TapList::Collect() {
   for (auto& l : layers_) {
     out.push_back(l->last);
     l->last = BatchNormTap{};
+  }
+  return out;
+}
+
+void TapList::ArmInstanceMeans(bool on) {
+  for (auto& l : layers_) l->capture_instance_means = on;
+}
+
+std::vector<torch::Tensor> TapList::CollectInstanceMeans() {
+  std::vector<torch::Tensor> out;
+  out.reserve(layers_.size());
+  for (auto& l : layers_) {
+    out.push_back(l->last_instance_mean);
+    l->last_instance_mean = torch::Tensor();
   }
   return out;
 }

@@ -4,7 +4,8 @@
 // KDCI reads from a network is an explicit output: logits, the penultimate
 // features (input of the last linear layer) and, on request, the batch
 // statistics each BatchNorm layer saw together with its running statistics
-// (DeepInversion's and CMI's BN-statistics loss).
+// (DeepInversion's and CMI's BN-statistics loss) and the per-sample spatial
+// means of every BatchNorm layer's input (CMI's InstanceMeanHook features).
 #ifndef DFKD_WORKER_MODELS_CLASSIFIER_H_
 #define DFKD_WORKER_MODELS_CLASSIFIER_H_
 
@@ -18,6 +19,7 @@ namespace dfkd::worker {
 // Which optional outputs a caller wants; taps cost memory, so they are opt-in.
 struct TapRequest {
   bool bn_statistics = false;
+  bool instance_means = false;  // fills ClassifierOutput::bn_instance_means
 };
 
 // What one BatchNorm layer saw in this forward pass.
@@ -32,6 +34,10 @@ struct ClassifierOutput {
   torch::Tensor logits;               // [N, num_classes]
   torch::Tensor features;             // [N, feature_dim]
   std::vector<BatchNormTap> bn_taps;  // in forward order; empty unless requested
+  // One [N, C_l] per BatchNorm layer, in forward order: the per-sample mean
+  // over (H, W) of the layer's input, autograd intact (CMI's contrastive
+  // features). Empty unless TapRequest::instance_means.
+  std::vector<torch::Tensor> bn_instance_means;
 };
 
 // A classifier usable as teacher or student. Not thread-safe: a forward pass
