@@ -70,7 +70,11 @@ bool LoadCheckpoint(const std::string& path, torch::nn::Module& model,
   model.load(m);
   optimizer.load(o);
   if (load_extra) {
-    root.read("extra", extra);
+    if (!root.try_read("extra", extra)) {
+      throw std::runtime_error("checkpoint " + path +
+                               " was written by a multi-rank run (each rank's method state "
+                               "is in its own shard): resume it with the same world size");
+    }
     load_extra(extra);
   }
   root.read("step", t);
@@ -83,6 +87,53 @@ bool LoadCheckpoint(const std::string& path, torch::nn::Module& model,
   state->train_seconds = t.item<double>();
   state->spec_hash = hash;
   return true;
+}
+
+std::string ShardPath(const std::string& checkpoint_path, int64_t rank, int64_t step) {
+  return checkpoint_path + ".rank" + std::to_string(rank) + ".step" + std::to_string(step);
+}
+
+void SaveShard(const std::string& checkpoint_path, int64_t rank, int64_t step,
+               const SaveExtraFn& save) {
+  torch::serialize::OutputArchive root, extra;
+  save(extra);
+  root.write("extra", extra);
+  root.write("rank", torch::tensor(rank));
+  root.write("step", torch::tensor(step));
+  AtomicSave(root, ShardPath(checkpoint_path, rank, step));
+}
+
+void LoadShard(const std::string& checkpoint_path, int64_t rank, int64_t step,
+               const LoadExtraFn& load) {
+  const std::string path = ShardPath(checkpoint_path, rank, step);
+  if (!std::filesystem::exists(path)) {
+    throw std::runtime_error("checkpoint shard " + path + " of rank " + std::to_string(rank) +
+                             " at step " + std::to_string(step) +
+                             " is missing (was the run started with another world size?)");
+  }
+  torch::serialize::InputArchive root, extra;
+  try {
+    root.load_from(path);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error("checkpoint shard " + path + " is unreadable: " +
+                             e.what_without_backtrace());
+  }
+  root.read("extra", extra);
+  load(extra);
+}
+
+void RemoveStaleShards(const std::string& checkpoint_path, int64_t rank, int64_t keep_step) {
+  namespace fs = std::filesystem;
+  const fs::path main(checkpoint_path);
+  const std::string prefix = main.filename().string() + ".rank" + std::to_string(rank) + ".step";
+  const std::string keep = ShardPath(checkpoint_path, rank, keep_step);
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(main.parent_path(), ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) != 0 || entry.path().string() == keep) continue;
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) continue;
+    fs::remove(entry.path(), ec);
+  }
 }
 
 void SaveWeights(const std::string& path, torch::nn::Module& model) {

@@ -38,6 +38,21 @@ bool LoadCheckpoint(const std::string& path, torch::nn::Module& model,
                     torch::optim::Optimizer& optimizer, TrainState* state,
                     const LoadExtraFn& load_extra = nullptr);
 
+// Several ranks: each rank's own state (a DFKD method's pool, its shard of a
+// class bank) goes to a shard file per rank and step, next to the main
+// checkpoint (which rank 0 writes after every shard is on disk). A shard is
+// named for its step, so a crash between the shards and the main file leaves
+// the previous step's shards, which the main file still points at.
+std::string ShardPath(const std::string& checkpoint_path, int64_t rank, int64_t step);
+void SaveShard(const std::string& checkpoint_path, int64_t rank, int64_t step,
+               const SaveExtraFn& save);
+// Throws std::runtime_error naming the file when the shard of (rank, step) is
+// missing or unreadable (a resume with another world size, a lost file).
+void LoadShard(const std::string& checkpoint_path, int64_t rank, int64_t step,
+               const LoadExtraFn& load);
+// Deletes this rank's shards of steps other than `keep_step`.
+void RemoveStaleShards(const std::string& checkpoint_path, int64_t rank, int64_t keep_step);
+
 // Weights only (parameters and buffers): what a teacher hands to distillation.
 void SaveWeights(const std::string& path, torch::nn::Module& model);
 void LoadWeights(const std::string& path, torch::nn::Module& model);

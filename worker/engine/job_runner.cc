@@ -56,7 +56,8 @@ JobStatus Distill(const common::JobSpec& spec, const std::string& out_dir,
   if (cl) UseChannelsLast(*student);
   MethodDeps deps{teacher, student, data.image_shape, data.num_classes, data.norm,
                   data.crop_padding};
-  DistillSource source(spec, teacher, student, MakeMethod(spec, deps, other), comm);
+  DistillSource source(spec, teacher, student,
+                       MakeMethod(spec, deps, other, comm.rank(), comm.size()), comm);
   Trainer trainer(spec, student, data, comm, source, out_dir);
   trainer.AddResultFields({{"teacher_test_top1", teacher_eval.top1},
                            {"teacher_model", ModelName(ModelConfigFor(spec.distill.teacher.model,

@@ -49,7 +49,7 @@ int64_t TotalSteps(const common::JobSpec& spec) {
 }  // namespace
 
 std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps& deps,
-                                   Classifier other_teacher) {
+                                   Classifier other_teacher, int64_t rank, int64_t world) {
   const common::DistillSpec& d = spec.distill;
   std::unique_ptr<Method> method;
   if (d.method == "noise") {
@@ -135,6 +135,10 @@ std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps
                                          deps);
   } else if (d.method == "class_bank") {
     const common::ClassBankSpec& a = d.class_bank;
+    ClassRange owned{a.class_begin, a.class_end};
+    if (a.class_begin == 0 && a.class_end == 0 && world > 1) {
+      owned = ShardOf(deps.num_classes, rank, world);  // each rank its share
+    }
     method = std::make_unique<ClassBankMethod>(ClassBankOptions()
                                                    .temperature(d.temperature)
                                                    .unit(ParseClassBankUnit(a.unit))
@@ -147,8 +151,8 @@ std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps
                                                    .adv_weight(a.adv_weight)
                                                    .images_per_class(a.images_per_class)
                                                    .classes_per_round(a.classes_per_round)
-                                                   .class_begin(a.class_begin)
-                                                   .class_end(a.class_end)
+                                                   .class_begin(owned.begin)
+                                                   .class_end(owned.end)
                                                    .pool_max_images(a.pool_max_images)
                                                    .crop_padding(deps.crop_padding)
                                                    .norm(deps.norm),

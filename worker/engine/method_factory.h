@@ -12,9 +12,12 @@
 namespace dfkd::worker {
 
 // `other_teacher` is the feature source of the other-Z ablation (null
-// otherwise). Throws std::invalid_argument naming the spec field at fault.
+// otherwise). `rank` of `world` ranks: a class bank without an explicit
+// class range owns this rank's contiguous share of the classes (ShardOf).
+// Throws std::invalid_argument naming the spec field at fault.
 std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps& deps,
-                                   Classifier other_teacher = nullptr);
+                                   Classifier other_teacher = nullptr, int64_t rank = 0,
+                                   int64_t world = 1);
 
 }  // namespace dfkd::worker
 

@@ -50,10 +50,14 @@ RunOutcome Trainer::Run(const RunControl& control) {
                                           .nesterov(o.nesterov));
   TrainState state;
   state.spec_hash = common::CanonicalHash(spec_);
-  const bool resumed =
-      !control.fresh &&
-      LoadCheckpoint(ckpt_path, *model_, optimizer, &state,
-                     [&](torch::serialize::InputArchive& a) { source_.Load(a); });
+  // Alone, the source's state (a method's generator, pool, dictionary) rides
+  // in the checkpoint; with several ranks each rank keeps its own in a shard.
+  const bool sharded = comm_.size() > 1;
+  const SaveExtraFn save_source = [&](torch::serialize::OutputArchive& a) { source_.Save(a); };
+  const LoadExtraFn load_source = [&](torch::serialize::InputArchive& a) { source_.Load(a); };
+  const bool resumed = !control.fresh && LoadCheckpoint(ckpt_path, *model_, optimizer, &state,
+                                                        sharded ? nullptr : load_source);
+  if (resumed && sharded) LoadShard(ckpt_path, comm_.rank(), state.step, load_source);
   BroadcastModule(comm_, *model_);
 
   const int64_t per_epoch = source_.steps_per_epoch();
@@ -81,10 +85,17 @@ RunOutcome Trainer::Run(const RunControl& control) {
   };
   auto save = [&] {
     state.train_seconds = earlier_seconds + session_seconds();
+    if (sharded) {
+      SaveShard(ckpt_path, comm_.rank(), state.step, save_source);
+      comm_.Barrier();  // every shard of this step is on disk before the main file names it
+    }
     if (root) {
-      SaveCheckpoint(ckpt_path, *model_, optimizer, state,
-                     [&](torch::serialize::OutputArchive& a) { source_.Save(a); });
+      SaveCheckpoint(ckpt_path, *model_, optimizer, state, sharded ? nullptr : save_source);
       emit({{"event", "checkpoint"}, {"step", state.step}, {"path", ckpt_path}});
+    }
+    if (sharded) {
+      comm_.Barrier();
+      RemoveStaleShards(ckpt_path, comm_.rank(), state.step);
     }
   };
   const bool channels_last = spec_.runtime.channels_last;
