@@ -6,6 +6,13 @@
 //            reference's 1000 steps a round.
 //   Fast:    one synthesis call (g_steps 10 inner iterations of G' and z, then
 //            the meta update) makes one batch of 256.
+//   CMI:     one call of g_steps inner iterations (two teacher passes, head,
+//            memory bank) makes one batch of 256; measured over a few steps
+//            and extrapolated to the reference's 200 steps a call.
+//   MosaicKD: one D step + one G step on 256 images; the student's generator
+//            half then comes from fresh G(z) per step (as DAFL).
+//   class_bank: one tiny per-class generator (nz 32, ngf 8) trained for 10
+//            steps on 32 images of its class.
 // Output: one JSON object per line.
 #include <chrono>
 #include <iostream>
@@ -15,7 +22,10 @@
 #include "worker/engine/runtime.h"
 #include "worker/methods/dafl.h"
 #include "worker/methods/deep_inversion.h"
+#include "worker/methods/class_bank_method.h"
+#include "worker/methods/cmi.h"
 #include "worker/methods/fast_meta.h"
+#include "worker/methods/mosaic_kd.h"
 #include "worker/models/model_zoo.h"
 
 namespace {
@@ -84,6 +94,49 @@ int main() {
                               {"g_steps", fast.options().g_steps()},
                               {"seconds_per_call", s / calls},
                               {"images_per_second", 256 * calls / s}}
+                   .dump()
+            << std::endl;
+
+  const int cmi_steps = 5;
+  CmiMethod cmi(CmiOptions().g_steps(cmi_steps).norm(deps.norm), deps);
+  ctx.round = 0;
+  cmi.Synthesize(ctx);  // warm-up (the bank is empty in the first call)
+  ctx.round = 1;
+  s = Seconds([&] { cmi.Synthesize(ctx); });
+  const double cmi_step = s / cmi_steps;
+  std::cout << nlohmann::json{{"bench", "synthesis"}, {"method", "cmi"},
+                              {"seconds_per_inner_step", cmi_step},
+                              {"images_per_second_at_200_steps", 256 / (cmi_step * 200)}}
+                   .dump()
+            << std::endl;
+
+  torch::Tensor pool = torch::randint(256, {2048, 3, 32, 32}, torch::kUInt8);
+  MosaicKd mosaic(MosaicKdOptions().norm(deps.norm).pool(pool), deps);
+  ctx.round = 0;
+  mosaic.Synthesize(ctx);  // warm-up
+  s = Seconds([&] {
+    for (int r = 1; r <= rounds; ++r) {
+      ctx.round = r;
+      mosaic.Synthesize(ctx);
+    }
+  });
+  std::cout << nlohmann::json{{"bench", "synthesis"}, {"method", "mosaickd"},
+                              {"seconds_per_iteration", s / rounds},
+                              {"images_per_second", 256 * rounds / s}}
+                   .dump()
+            << std::endl;
+
+  // One round = every owned class once; own 4 classes so a round is short.
+  ClassBankMethod bank(ClassBankOptions().g_steps(10).class_begin(0).class_end(4).norm(deps.norm),
+                       deps);
+  ctx.round = 0;
+  bank.Synthesize(ctx);  // warm-up
+  ctx.round = 1;
+  s = Seconds([&] { bank.Synthesize(ctx); });
+  std::cout << nlohmann::json{{"bench", "synthesis"}, {"method", "class_bank"},
+                              {"g_steps", 10},
+                              {"seconds_per_class", s / 4},
+                              {"images_per_second", 4 * 32 / s}}
                    .dump()
             << std::endl;
   return 0;

@@ -217,6 +217,71 @@ TEST(DfkdTrainCliTest, DistillWithKdciFromATeacherRun) {
       << bad.output;
 }
 
+// Every method's instant config (tests/configs/instant/distill_*.json) runs
+// from the command line with and without KDCI; the pool methods read a pool
+// that `dfkd pool` builds from visp-images-data.
+TEST(DfkdTrainCliTest, EveryMethodsInstantConfigRunsWithAndWithoutKdci) {
+  ASSERT_TRUE(HaveFashionMnist()) << "dataset-fashion-mnist is not installed";
+  dfkd::testing::TempDir dir;
+  ExecResult teacher = Exec(Binary() + " -q " +
+                            Source("tests/configs/instant/teacher_fashion_mnist.json") +
+                            " -o " + dir.File("teacher"));
+  ASSERT_EQ(teacher.code, 0) << teacher.output;
+  ExecResult pool = Exec(std::string(getenv("DFKD_BINARY_DIR")) + "/bin/dfkd pool --shape 1x28x28" +
+                         " --count 2000 --out " + dir.File("wild.pool"));
+  ASSERT_EQ(pool.code, 0) << pool.output;
+  for (const std::string method : {"noise", "dafl", "deepinv", "fast", "cmi", "class_bank",
+                                   "mosaickd", "dfnd"}) {
+    std::ifstream in(Source("tests/configs/instant/distill_" + method + ".json"));
+    nlohmann::json spec = nlohmann::json::parse(in);
+    spec["distill"]["teacher"]["weights"] = dir.File("teacher/model.pt");
+    if (spec["distill"].contains("pool")) spec["distill"]["pool"]["path"] = dir.File("wild.pool");
+    for (bool kdci : {false, true}) {
+      const std::string name = method + (kdci ? "_kdci" : "");
+      spec["kdci"]["enabled"] = kdci;
+      std::ofstream(dir.File(name + ".json")) << spec.dump();
+      ExecResult r = Exec(Binary() + " -q " + dir.File(name + ".json") + " -o " + dir.File(name));
+      ASSERT_EQ(r.code, 0) << name << ":\n" << r.output;
+      std::ifstream rin(dir.File(name + "/result.json"));
+      nlohmann::json result = nlohmann::json::parse(rin);
+      EXPECT_EQ(result["steps"], 4) << name;
+      EXPECT_GE(result["test_top1"].get<double>(), 0.0) << name;
+      EXPECT_EQ(result.contains("test_top1_compensated"), kdci) << name;
+    }
+  }
+}
+
+// A spec with dist.world_size 2 launches its own two ranks; the class bank
+// then owns each rank's half of the classes.
+TEST(DfkdTrainCliTest, DistWorldSizeInTheSpecLaunchesTheRanks) {
+  ASSERT_TRUE(HaveFashionMnist()) << "dataset-fashion-mnist is not installed";
+  dfkd::testing::TempDir dir;
+  ExecResult teacher = Exec(Binary() + " -q " +
+                            Source("tests/configs/instant/teacher_fashion_mnist.json") +
+                            " -o " + dir.File("teacher"));
+  ASSERT_EQ(teacher.code, 0) << teacher.output;
+  std::ifstream in(Source("tests/configs/instant/distill_class_bank.json"));
+  nlohmann::json spec = nlohmann::json::parse(in);
+  spec["distill"]["teacher"]["weights"] = dir.File("teacher/model.pt");
+  spec["dist"] = {{"world_size", 2}};
+  std::ofstream(dir.File("bank.json")) << spec.dump();
+  ExecResult r = Exec(Binary() + " -q " + dir.File("bank.json") + " -o " + dir.File("out"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::ifstream rin(dir.File("out/result.json"));
+  nlohmann::json result = nlohmann::json::parse(rin);
+  EXPECT_EQ(result["world_size"], 2);
+  EXPECT_EQ(result["method"]["class_begin"], 0);  // rank 0 writes the result
+  EXPECT_EQ(result["method"]["class_end"], 5);
+  EXPECT_TRUE(std::filesystem::exists(dir.File("out/checkpoint.pt.rank1.step4")));
+
+  spec["dist"] = {{"world_size", 2}, {"backend", "nccl"}};
+  std::ofstream(dir.File("nccl.json")) << spec.dump();
+  r = Exec(Binary() + " -q " + dir.File("nccl.json") + " -o " + dir.File("nccl"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("dist.backend: nccl needs runtime.device \"cuda\""), std::string::npos)
+      << r.output;
+}
+
 TEST(DfkdTrainCliTest, NprocTwoTrainsDataParallel) {
   if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   dfkd::testing::TempDir dir;
