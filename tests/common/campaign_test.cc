@@ -560,8 +560,8 @@ TEST(CampaignTest, PaperCampaignsExpand) {
       ASSERT_FALSE(c.is_discarded()) << file;
       CampaignParseResult r = ExpandCampaign(c, kCode);
       ASSERT_TRUE(r.ok()) << file << "\n" << r.ErrorText();
-      // teacher + 3 scratch seeds + 3 methods x {base, kdci} x 3 seeds
-      EXPECT_EQ(r.campaign->runs.size(), 1u + 3u + 18u) << file;
+      // teacher + 3 scratch seeds + 6 methods x {base, kdci} x 3 seeds
+      EXPECT_EQ(r.campaign->runs.size(), 1u + 3u + 36u) << file;
       for (const auto& e : r.campaign->experiments) {
         if (e.kind == "distill" && e.kdci) {
           ASSERT_GE(e.baseline, 0) << file << " " << e.name;
