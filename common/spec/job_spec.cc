@@ -372,6 +372,7 @@ void ReadDist(ObjectReader& r, DistSpec* d, const RuntimeSpec& rt) {
   r.Int("world_size", &d->world_size, 1, 4096);
   r.Enum("backend", &d->backend, {"gloo", "nccl"});
   r.Int("bucket_mb", &d->bucket_mb, 1, 4096);
+  r.Bool("overlap", &d->overlap);
   r.Int("timeout_seconds", &d->timeout_seconds, 1, 86400);
   if (d->backend == "nccl" && rt.device != "cuda") {
     r.Error(r.Path("backend"), "nccl needs runtime.device \"cuda\"");
@@ -522,6 +523,7 @@ json ToJson(const JobSpec& s) {
        {{"world_size", s.dist.world_size},
         {"backend", s.dist.backend},
         {"bucket_mb", s.dist.bucket_mb},
+        {"overlap", s.dist.overlap},
         {"timeout_seconds", s.dist.timeout_seconds}}},
       {"runtime",
        {{"threads", s.runtime.threads},

@@ -81,6 +81,7 @@ struct DistSpec {
   int64_t world_size = 1;              // ranks; the scheduler leases them as one gang
   std::string backend = "gloo";        // gloo (CPU) | nccl (runtime.device cuda, CUDA builds)
   int64_t bucket_mb = 25;              // gradient-averaging bucket size (DDP's default)
+  bool overlap = true;                 // all-reduce buckets while backward runs (DDP)
   int64_t timeout_seconds = 60;        // rendezvous and collective timeout
 };
 

@@ -27,6 +27,16 @@ class GlooCommunicator final : public Communicator {
       Wait(pg_->allreduce(one), "all-reduce");
     }
   }
+  std::unique_ptr<PendingCollective> AllReduceSumAsync(
+      std::vector<torch::Tensor>& tensors) override {
+    // One collective per tensor: Gloo sums a vector of inputs together.
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (auto& t : tensors) {
+      std::vector<torch::Tensor> one{t};
+      works.push_back(pg_->allreduce(one));
+    }
+    return std::make_unique<GlooPending>(std::move(works), this);
+  }
   void Broadcast(std::vector<torch::Tensor>& tensors, int64_t root) override {
     c10d::BroadcastOptions o;
     o.rootRank = root;
@@ -38,6 +48,19 @@ class GlooCommunicator final : public Communicator {
   void Barrier() override { Wait(pg_->barrier(), "barrier"); }
 
  private:
+  class GlooPending final : public PendingCollective {
+   public:
+    GlooPending(std::vector<c10::intrusive_ptr<c10d::Work>> works, GlooCommunicator* owner)
+        : works_(std::move(works)), owner_(owner) {}
+    void Wait() override {
+      for (const auto& w : works_) owner_->Wait(w, "all-reduce");
+    }
+
+   private:
+    std::vector<c10::intrusive_ptr<c10d::Work>> works_;
+    GlooCommunicator* owner_;
+  };
+
   void Wait(const c10::intrusive_ptr<c10d::Work>& work, const char* what) {
     try {
       work->wait();

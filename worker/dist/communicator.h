@@ -16,6 +16,14 @@
 
 namespace dfkd::worker {
 
+// An asynchronous collective in flight.
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  // Blocks until done; throws like the synchronous collective would.
+  virtual void Wait() = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -23,6 +31,11 @@ class Communicator {
   virtual int64_t size() const = 0;
   // In place: every tensor becomes the sum over ranks.
   virtual void AllReduceSum(std::vector<torch::Tensor>& tensors) = 0;
+  // Starts the same all-reduce (one collective over all `tensors`) and
+  // returns at once; the tensors must stay alive and untouched until Wait().
+  // The default runs it synchronously.
+  virtual std::unique_ptr<PendingCollective> AllReduceSumAsync(
+      std::vector<torch::Tensor>& tensors);
   // In place: every tensor becomes root's.
   virtual void Broadcast(std::vector<torch::Tensor>& tensors, int64_t root) = 0;
   virtual void Barrier() = 0;

@@ -4,6 +4,19 @@
 
 namespace dfkd::worker {
 
+namespace {
+class DoneCollective final : public PendingCollective {
+ public:
+  void Wait() override {}
+};
+}  // namespace
+
+std::unique_ptr<PendingCollective> Communicator::AllReduceSumAsync(
+    std::vector<torch::Tensor>& tensors) {
+  AllReduceSum(tensors);
+  return std::make_unique<DoneCollective>();
+}
+
 void BroadcastModule(Communicator& comm, torch::nn::Module& module) {
   if (comm.size() == 1) return;
   std::vector<torch::Tensor> tensors;

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "worker/dist/overlapped_sync.h"
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/evaluator.h"
 #include "worker/engine/lr_schedule.h"
@@ -141,6 +142,14 @@ RunOutcome Trainer::Run(const RunControl& control) {
     last_eval_step = state.step;
   };
 
+  // Several ranks: average gradients bucket by bucket while backward runs
+  // (dist.overlap), or all at once after it.
+  std::unique_ptr<OverlappedGradientSync> overlap;
+  if (comm_.size() > 1 && spec_.dist.overlap) {
+    overlap = std::make_unique<OverlappedGradientSync>(comm_, params,
+                                                       spec_.dist.bucket_mb << 20);
+  }
+
   model_->train();
   source_.Start(state.step);
   bool stopped = false;
@@ -152,9 +161,14 @@ RunOutcome Trainer::Run(const RunControl& control) {
     const auto step_start = Clock::now();
     StepResult r = source_.Step(state.step);
     optimizer.zero_grad();
+    if (overlap) overlap->Arm();
     r.loss.backward();
     const auto sync_start = Clock::now();
-    AverageGradients(comm_, params, spec_.dist.bucket_mb << 20);
+    if (overlap) {
+      overlap->Finish();  // waits for the buckets still in flight
+    } else {
+      AverageGradients(comm_, params, spec_.dist.bucket_mb << 20);
+    }
     sync_seconds += std::chrono::duration<double>(Clock::now() - sync_start).count();
     optimizer.step();
     step_seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
