@@ -167,6 +167,11 @@ int main(int argc, char** argv) {
     nproc = static_cast<int>(spec.dist.world_size);
   }
   if (nproc > 1 && !in_group) return Launch(nproc, argc, argv, threads >= 0);
+  if (spec.runtime.device != "cpu") {
+    std::cerr << "dfkd-train: runtime.device: " << spec.runtime.device
+              << " is not supported by this engine yet (it trains on the CPU only)\n";
+    return kExitBadSpec;
+  }
   if (spec.dist.backend == "nccl") {
     std::cerr << "dfkd-train: dist.backend: nccl is not available in this build "
                  "(configure with -DDFKD_ENABLE_CUDA=ON against a CUDA LibTorch)\n";

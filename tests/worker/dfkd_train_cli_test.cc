@@ -280,6 +280,14 @@ TEST(DfkdTrainCliTest, DistWorldSizeInTheSpecLaunchesTheRanks) {
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("dist.backend: nccl needs runtime.device \"cuda\""), std::string::npos)
       << r.output;
+  // The engine trains on the CPU only: a CUDA spec is refused, not run on the CPU.
+  spec["runtime"] = {{"device", "cuda"}};
+  std::ofstream(dir.File("cuda.json")) << spec.dump();
+  r = Exec(Binary() + " -q " + dir.File("cuda.json") + " -o " + dir.File("cuda"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("runtime.device: cuda is not supported by this engine yet"),
+            std::string::npos)
+      << r.output;
 }
 
 TEST(DfkdTrainCliTest, NprocTwoTrainsDataParallel) {
