@@ -22,12 +22,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "tests/testing/method_fixtures.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_task.h"
 #include "worker/data/transforms.h"
 #include "worker/dist/communicator.h"
-#include "worker/engine/distill_source.h"
-#include "worker/engine/trainer.h"
 #include "worker/methods/class_bank.h"
 #include "worker/methods/class_bank_method.h"
 #include "worker/methods/losses.h"
@@ -36,6 +35,10 @@
 
 namespace dfkd::worker {
 namespace {
+
+using testing::CloseStudent;
+using testing::SameTensors;
+using testing::StateOf;
 
 // G-A at nz 8, ngf 4 on 1x8x8 (s = 2): Linear 8 -> 32 (288), BN 8 (16),
 // Conv3x3 8 -> 8 (576), BN 8 (16), Conv3x3 8 -> 4 (288), BN 4 (8),
@@ -119,77 +122,14 @@ TEST(ClassBankOptionsTest, TheDefaultTinyGeneratorHasTheDocumentedSize) {
             kTinyParams);
 }
 
-Classifier MakeTeacher() {
-  torch::manual_seed(1);
-  Classifier t = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
-  // Running statistics that differ from the generators': train-mode passes on shifted data.
-  t->train();
-  {
-    torch::NoGradGuard no_grad;
-    for (int i = 0; i < 10; ++i) t->forward(torch::rand({16, 1, 8, 8}) * 3.0 + 0.5);
-  }
-  t->eval();
-  for (auto& p : t->parameters()) p.set_requires_grad(false);
-  return t;
-}
-
-Classifier MakeStudent() {
-  torch::manual_seed(2);
-  Classifier s = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
-  s->eval();
-  return s;
-}
-
-// The teacher, slightly perturbed: agrees with it on most inputs, so the
-// decision-adversarial term is non-zero.
-Classifier CloseStudent(const Classifier& teacher) {
-  Classifier s = MakeStudent();
-  torch::NoGradGuard no_grad;
-  auto src = teacher->named_parameters();
-  for (auto& kv : s->named_parameters()) {
-    kv.value().copy_(src[kv.key()] + 0.01 * torch::randn_like(src[kv.key()]));
-  }
-  auto bufs = teacher->named_buffers();
-  for (auto& kv : s->named_buffers()) kv.value().copy_(bufs[kv.key()]);
-  return s;
-}
-
-std::vector<torch::Tensor> StateOf(torch::nn::Module& m) {
-  std::vector<torch::Tensor> out;
-  for (const auto& p : m.parameters()) out.push_back(p.detach().clone());
-  for (const auto& b : m.buffers()) out.push_back(b.detach().clone());
-  return out;
-}
-
-bool SameTensors(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!torch::equal(a[i], b[i])) return false;
-  }
-  return true;
-}
-
 std::map<int64_t, int64_t> CountLabels(const torch::Tensor& labels) {
   std::map<int64_t, int64_t> n;
   for (int64_t i = 0; i < labels.size(0); ++i) n[labels[i].item<int64_t>()] += 1;
   return n;
 }
 
-class ClassBankTest : public ::testing::Test {
+class ClassBankTest : public testing::TinyMethodTest {
  protected:
-  ClassBankTest() : teacher_(MakeTeacher()), student_(MakeStudent()) {}
-
-  MethodDeps Deps() const { return DepsWith(student_); }
-  MethodDeps DepsWith(const Classifier& student) const {
-    MethodDeps d;
-    d.teacher = teacher_;
-    d.student = student;
-    d.image_shape = {1, 8, 8};
-    d.num_classes = 4;
-    d.norm = {{0.5f}, {0.5f}};
-    d.crop_padding = 1;
-    return d;
-  }
   // Tiny generator units (G-A nz 8, ngf 4: kTinyParams each), 4 images a class.
   static ClassBankOptions Small() {
     ClassBankOptions o;
@@ -197,18 +137,6 @@ class ClassBankTest : public ::testing::Test {
         {{0.5f}, {0.5f}});
     return o;
   }
-  RoundContext Ctx(int64_t round, int64_t step) {
-    RoundContext c;
-    c.round = round;
-    c.global_step = step;
-    c.seed = 7;
-    c.comm = &comm_;
-    return c;
-  }
-
-  Classifier teacher_;
-  Classifier student_;
-  LocalCommunicator comm_;
 };
 
 TEST_F(ClassBankTest, ABankOfClassesOneAndTwoHoldsTwoGeneratorsAndMakesOnlyTheirLabels) {
@@ -314,7 +242,7 @@ TEST_F(ClassBankTest, InversionUnitsMakeUnitRangeImagesOfTheirClassAndKeepNoStat
   EXPECT_EQ(bank.units().parameters_per_class(), 0);
   EXPECT_EQ(bank.Memory().state_bytes(), 0);
 
-  // The models are in eval mode already (MakeTeacher, MakeStudent).
+  // The models are in eval mode already (TinyTeacher, TinyStudent).
   torch::Tensor x = bank.units().Synthesize(3, 5, 11);
   ASSERT_EQ(x.sizes(), torch::IntArrayRef({5, 1, 8, 8}));
   EXPECT_EQ(x.scalar_type(), torch::kFloat32);
@@ -349,12 +277,8 @@ TEST_F(ClassBankTest, SynthesisLeavesTheTeacherAndTheStudentUntouched) {
     const std::string kind = ClassBankUnitName(unit);
     // The student ran (it agrees with the teacher, so the term is non-zero).
     EXPECT_LT(bank.units().last_losses().adversarial, 0.0) << kind;
-    EXPECT_TRUE(SameTensors(teacher_before, StateOf(*teacher_))) << kind;
-    EXPECT_TRUE(SameTensors(student_before, StateOf(*close))) << kind;
-    for (const auto& p : close->parameters()) EXPECT_FALSE(p.grad().defined()) << kind;
-    for (const auto& p : teacher_->parameters()) EXPECT_FALSE(p.grad().defined()) << kind;
-    EXPECT_TRUE(close->is_training()) << kind;
-    EXPECT_FALSE(teacher_->is_training()) << kind;
+    EXPECT_TRUE(testing::Untouched(teacher_before, teacher_, /*training=*/false)) << kind;
+    EXPECT_TRUE(testing::Untouched(student_before, close, /*training=*/true)) << kind;
   }
 }
 
@@ -456,13 +380,7 @@ TEST_F(ClassBankTest, MethodSynthesizesRoundsSamplesNormalisedAndScoresKd) {
   EXPECT_FALSE(torch::equal(x, method.Sample(6, Ctx(1, 5))));
 
   student_->train();
-  DistillBatch b;
-  b.inputs = x;
-  {
-    torch::NoGradGuard g;
-    b.teacher = teacher_->ForwardWithTaps(b.inputs, {});
-  }
-  b.student = student_->ForwardWithTaps(b.inputs, {});
+  DistillBatch b = testing::TrainerBatch(teacher_, student_, x);
   torch::Tensor loss = method.DistillLoss(b, Ctx(1, 4));
   EXPECT_TRUE(torch::allclose(loss, KdLoss(b.student.logits, b.teacher.logits, 20.0)));
   loss.backward();
@@ -570,40 +488,28 @@ TEST_F(ClassBankTest, LoadRefusesAnotherRangeNamingBothAndAnotherUnitKind) {
 
 TEST_F(ClassBankTest, ResumedDistillationEqualsUninterrupted) {
   testing::TempDir dir;
-  common::JobSpec spec;
-  spec.kind = common::JobKind::kDistill;
-  spec.seed = 2;
-  spec.train.epochs = 2;
-  spec.train.batch_size = 8;
-  spec.train.checkpoint_every_steps = 1000;
-  spec.distill.method = "noise";  // not read: the method is built here, not by MakeMethod
-  spec.distill.steps_per_epoch = 5;
-  spec.distill.kd_steps = 3;
+  // The method is not read: it is built here, not by MakeMethod.
+  const common::JobSpec spec = testing::TinyDistillJob("noise");
   JobData data = testing::TinyDistillTask(12);
   // Classes 1..3, two a round after round 0: rounds 0..3 visit {1, 2, 3},
   // {1, 2}, {3, 1}, {2, 3}.
   const ClassBankOptions o = Small().class_begin(1).class_end(4).classes_per_round(2);
   auto run = [&](const std::string& out, int64_t stop_at, uint64_t init_seed) {
-    torch::manual_seed(init_seed);
-    Classifier student = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
+    Classifier student = testing::TinyWrn(init_seed);
     torch::manual_seed(5);  // the bank's initial generators, as the job runner seeds them
-    LocalCommunicator comm;
     MethodDeps deps = DepsWith(student);
     deps.image_shape = data.image_shape;
     deps.norm = data.norm;
-    DistillSource source(spec, teacher_, student, std::make_unique<ClassBankMethod>(o, deps),
-                         comm);
-    RunControl c;
-    c.quiet = true;
-    c.stop_at_step = stop_at;
-    RunOutcome outcome = Trainer(spec, student, data, comm, source, out).Run(c);
-    auto& method = dynamic_cast<ClassBankMethod&>(source.method());
+    testing::TinyDistillation distillation(spec, teacher_, student,
+                                           std::make_unique<ClassBankMethod>(o, deps));
+    const bool finished = distillation.Train(data, out, stop_at);
+    auto& method = dynamic_cast<ClassBankMethod&>(distillation.method());
     std::vector<torch::Tensor> state;
     for (int64_t cls = 1; cls < 4; ++cls) {
       state.push_back(method.bank().generator_units()->parameters(cls).clone());
       state.push_back(method.bank().pool(cls).images().clone());
     }
-    return std::make_tuple(outcome.finished, student, state);
+    return std::make_tuple(finished, student, state);
   };
   auto [done_a, a, state_a] = run(dir.File("a"), -1, 9);
   ASSERT_TRUE(done_a);
@@ -616,10 +522,7 @@ TEST_F(ClassBankTest, ResumedDistillationEqualsUninterrupted) {
     EXPECT_EQ(state_a[i].size(0), 3 * 4) << "pool " << i / 2;  // three visits of 4 images
   }
   EXPECT_TRUE(SameTensors(state_a, state_b));
-  auto pb = b->named_parameters();
-  for (auto& kv : a->named_parameters()) {
-    EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << kv.key();
-  }
+  EXPECT_TRUE(testing::SameParameters(a, b));
 }
 
 }  // namespace

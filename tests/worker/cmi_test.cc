@@ -19,13 +19,13 @@
 #include <torch/torch.h>
 
 #include "common/spec/job_spec.h"
+#include "tests/testing/method_fixtures.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_task.h"
 #include "worker/data/transforms.h"
 #include "worker/dist/communicator.h"
 #include "worker/engine/distill_source.h"
 #include "worker/engine/method_factory.h"
-#include "worker/engine/trainer.h"
 #include "worker/methods/cmi.h"
 #include "worker/methods/losses.h"
 #include "worker/methods/seeding.h"
@@ -35,6 +35,11 @@
 
 namespace dfkd::worker {
 namespace {
+
+using testing::ParamsOf;
+using testing::SameTensors;
+using testing::StateOf;
+using testing::TinyWrn;
 
 // ------------------------------------------------------------ contrastive loss
 
@@ -87,11 +92,6 @@ TEST(ContrastiveLossTest, MatchesAHandComputationAndSplitsCurrentFromCachedRows)
 }
 
 // ------------------------------------------------------------- instance means
-
-Classifier TinyWrn(uint64_t seed) {
-  torch::manual_seed(seed);
-  return MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
-}
 
 TEST(InstanceMeanTapsTest, EqualTheBnInputMeansPerSampleAndCarryGradients) {
   Classifier model = TinyWrn(3);
@@ -243,26 +243,6 @@ TEST(MemoryBankTest, SaveLoadRestoresRowsPositionAndCount) {
 
 // --------------------------------------------------------------- reset_model
 
-std::vector<torch::Tensor> ParamsOf(torch::nn::Module& m) {
-  std::vector<torch::Tensor> out;
-  for (const auto& p : m.parameters()) out.push_back(p.detach().clone());
-  return out;
-}
-
-std::vector<torch::Tensor> StateOf(torch::nn::Module& m) {
-  std::vector<torch::Tensor> out = ParamsOf(m);
-  for (const auto& b : m.buffers()) out.push_back(b.detach().clone());
-  return out;
-}
-
-bool SameTensors(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!torch::equal(a[i], b[i])) return false;
-  }
-  return true;
-}
-
 TEST(ResetGeneratorTest, ConvAndLinearNormalZeroBnNormalOneBiasesZeroKeyed) {
   Generator g(GeneratorOptions(64).ngf(16).img_size(8).channels(1));
   g->train();
@@ -385,40 +365,8 @@ TEST(LocalViewTest, RandomLocalViewKeepsShapeAndRangeAndItsGradientsReachTheGene
 
 // ------------------------------------------------------------------- method
 
-Classifier MakeTeacher() {
-  Classifier t = TinyWrn(1);
-  // Running statistics that differ from the generator's: train-mode passes on shifted data.
-  t->train();
-  {
-    torch::NoGradGuard no_grad;
-    for (int i = 0; i < 10; ++i) t->forward(torch::rand({16, 1, 8, 8}) * 3.0 + 0.5);
-  }
-  t->eval();
-  for (auto& p : t->parameters()) p.set_requires_grad(false);
-  return t;
-}
-
-Classifier MakeStudent() {
-  Classifier s = TinyWrn(2);
-  s->eval();
-  return s;
-}
-
-class CmiTest : public ::testing::Test {
+class CmiTest : public testing::TinyMethodTest {
  protected:
-  CmiTest() : teacher_(MakeTeacher()), student_(MakeStudent()) {}
-
-  MethodDeps Deps() const { return DepsWith(student_); }
-  MethodDeps DepsWith(const Classifier& student) const {
-    MethodDeps d;
-    d.teacher = teacher_;
-    d.student = student;
-    d.image_shape = {1, 8, 8};
-    d.num_classes = 4;
-    d.norm = {{0.5f}, {0.5f}};
-    d.crop_padding = 1;
-    return d;
-  }
   // A tiny G-A (nz 8, ngf 4), 3 inner steps, a small head and bank.
   static CmiOptions Small() {
     CmiOptions o;
@@ -433,14 +381,6 @@ class CmiTest : public ::testing::Test {
         .norm({{0.5f}, {0.5f}});
     return o;
   }
-  RoundContext Ctx(int64_t round, int64_t step) {
-    RoundContext c;
-    c.round = round;
-    c.global_step = step;
-    c.seed = 7;
-    c.comm = &comm_;
-    return c;
-  }
   int64_t TeacherBnWidth() {
     TapRequest r;
     r.bn_statistics = true;
@@ -449,10 +389,6 @@ class CmiTest : public ::testing::Test {
     for (const BatchNormTap& tap : out.bn_taps) d += tap.mean.size(0);
     return d;
   }
-
-  Classifier teacher_;
-  Classifier student_;
-  LocalCommunicator comm_;
 };
 
 TEST_F(CmiTest, DefaultsAreTheReferenceScriptValues) {
@@ -489,12 +425,8 @@ TEST_F(CmiTest, SynthesizeTrainsOnlyTheGeneratorAndTheHeadAndFillsPoolAndBank) {
   EXPECT_THROW(cmi.Sample(4, Ctx(0, 0)), c10::Error);
   cmi.Synthesize(Ctx(0, 0));
 
-  EXPECT_TRUE(SameTensors(teacher_before, StateOf(*teacher_)));
-  EXPECT_TRUE(SameTensors(student_before, StateOf(*student_)));
-  for (const auto& p : student_->parameters()) EXPECT_FALSE(p.grad().defined());
-  for (const auto& p : teacher_->parameters()) EXPECT_FALSE(p.grad().defined());
-  EXPECT_TRUE(student_->is_training());
-  EXPECT_FALSE(teacher_->is_training());
+  EXPECT_TRUE(testing::Untouched(teacher_before, teacher_, /*training=*/false));
+  EXPECT_TRUE(testing::Untouched(student_before, student_, /*training=*/true));
   EXPECT_FALSE(SameTensors(head_before, ParamsOf(*cmi.head())));
   for (const auto& p : cmi.head()->parameters()) EXPECT_FALSE(p.grad().defined());
   for (const auto& p : cmi.generator()->parameters()) EXPECT_FALSE(p.grad().defined());
@@ -586,23 +518,13 @@ TEST_F(CmiTest, DistillLossIsKdAndReachesTheStudentOnly) {
   CmiMethod cmi(Small(), Deps());
   cmi.Synthesize(Ctx(0, 0));
   student_->train();
-  DistillBatch b;
-  b.inputs = cmi.Sample(8, Ctx(0, 1));
-  {
-    torch::NoGradGuard g;
-    b.teacher = teacher_->ForwardWithTaps(b.inputs, {});
-  }
-  b.student = student_->ForwardWithTaps(b.inputs, {});
+  DistillBatch b = testing::TrainerBatch(teacher_, student_, cmi.Sample(8, Ctx(0, 1)));
   torch::Tensor loss = cmi.DistillLoss(b, Ctx(0, 1));
   EXPECT_TRUE(torch::allclose(loss, KdLoss(b.student.logits, b.teacher.logits, 20.0)));
   loss.backward();
   EXPECT_GT(student_->parameters()[0].grad().abs().sum().item<double>(), 0.0);
-  for (auto& p : cmi.generator()->parameters()) {
-    EXPECT_TRUE(!p.grad().defined() || p.grad().abs().sum().item<double>() == 0.0);
-  }
-  for (auto& p : cmi.head()->parameters()) {
-    EXPECT_TRUE(!p.grad().defined() || p.grad().abs().sum().item<double>() == 0.0);
-  }
+  EXPECT_TRUE(testing::NoGradientReached(*cmi.generator()));
+  EXPECT_TRUE(testing::NoGradientReached(*cmi.head()));
   // KDCI's compensated logits are what the KD term scores.
   b.kd_logits = torch::randn({8, 4});
   EXPECT_TRUE(torch::allclose(cmi.DistillLoss(b, Ctx(0, 1)),
@@ -677,20 +599,15 @@ TEST_F(CmiTest, ResumedDistillationEqualsUninterrupted) {
   ASSERT_EQ(spec.distill.method, "cmi");
   JobData data = testing::TinyDistillTask(12);
   auto run = [&](const std::string& out, int64_t stop_at, uint64_t init_seed) {
-    torch::manual_seed(init_seed);
-    Classifier student = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
+    Classifier student = TinyWrn(init_seed);
     torch::manual_seed(5);  // the head's init, as the job runner seeds it
-    LocalCommunicator comm;
     MethodDeps deps = DepsWith(student);
     deps.image_shape = data.image_shape;
     deps.norm = data.norm;
-    DistillSource source(spec, teacher_, student, MakeMethod(spec, deps), comm);
-    RunControl c;
-    c.quiet = true;
-    c.stop_at_step = stop_at;
-    RunOutcome o = Trainer(spec, student, data, comm, source, out).Run(c);
-    auto& cmi = dynamic_cast<CmiMethod&>(source.method());
-    return std::make_tuple(o.finished, student, ParamsOf(*cmi.head()),
+    testing::TinyDistillation distillation(spec, teacher_, student, MakeMethod(spec, deps));
+    const bool finished = distillation.Train(data, out, stop_at);
+    auto& cmi = dynamic_cast<CmiMethod&>(distillation.method());
+    return std::make_tuple(finished, student, ParamsOf(*cmi.head()),
                            cmi.pool().images().clone(), cmi.bank().data().clone());
   };
   auto [done_a, a, head_a, pool_a, bank_a] = run(dir.File("a"), -1, 9);
@@ -705,10 +622,7 @@ TEST_F(CmiTest, ResumedDistillationEqualsUninterrupted) {
   EXPECT_TRUE(torch::equal(pool_a, pool_b));
   EXPECT_TRUE(torch::equal(bank_a, bank_b));
   EXPECT_TRUE(SameTensors(head_a, head_b));
-  auto pb = b->named_parameters();
-  for (auto& kv : a->named_parameters()) {
-    EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << kv.key();
-  }
+  EXPECT_TRUE(testing::SameParameters(a, b));
 }
 
 TEST_F(CmiTest, KdciWrapsCmiAndTakesAStep) {

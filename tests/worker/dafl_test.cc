@@ -5,11 +5,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "tests/testing/method_fixtures.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_task.h"
-#include "worker/engine/distill_source.h"
 #include "worker/engine/method_factory.h"
-#include "worker/engine/trainer.h"
 #include "worker/methods/dafl.h"
 #include "worker/models/generator.h"
 #include "worker/models/model_zoo.h"
@@ -55,11 +54,9 @@ TEST(DaflLossTest, TermsMatchHandComputation) {
 
 struct Fixture {
   Fixture() {
-    torch::manual_seed(1);
-    teacher = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
-    teacher->eval();
-    for (auto& p : teacher->parameters()) p.set_requires_grad(false);
-    student = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
+    teacher = testing::TinyTeacher(1, 0);
+    // Drawn right after the teacher, without a seed of its own.
+    student = MakeClassifier(testing::TinyWrnConfig());
   }
   MethodDeps Deps() { return {teacher, student, {1, 8, 8}, 4, {{0.5f}, {0.5f}}}; }
   DaflOptions Options() {
@@ -71,19 +68,12 @@ struct Fixture {
 TEST(DaflTest, SynthesizeTrainsTheGeneratorAndNeverTheTeacher) {
   Fixture fx;
   Dafl dafl(fx.Options(), fx.Deps());
-  std::vector<torch::Tensor> teacher_before, gen_before;
-  for (auto& p : fx.teacher->parameters()) teacher_before.push_back(p.clone());
-  for (auto& b : fx.teacher->buffers()) teacher_before.push_back(b.clone());
-  for (auto& p : dafl.generator()->parameters()) gen_before.push_back(p.clone());
+  const std::vector<torch::Tensor> teacher_before = testing::StateOf(*fx.teacher);
+  const std::vector<torch::Tensor> gen_before = testing::ParamsOf(*dafl.generator());
   RoundContext ctx;
   dafl.Synthesize(ctx);
-  size_t i = 0;
-  for (auto& p : fx.teacher->parameters()) EXPECT_TRUE(torch::equal(p, teacher_before[i++]));
-  for (auto& b : fx.teacher->buffers()) EXPECT_TRUE(torch::equal(b, teacher_before[i++]));
-  i = 0;
-  int changed = 0;
-  for (auto& p : dafl.generator()->parameters()) changed += !torch::equal(p, gen_before[i++]);
-  EXPECT_GT(changed, 0);
+  EXPECT_TRUE(testing::SameTensors(teacher_before, testing::StateOf(*fx.teacher)));
+  EXPECT_FALSE(testing::SameTensors(gen_before, testing::ParamsOf(*dafl.generator())));
   EXPECT_TRUE(std::isfinite(dafl.last_losses().total.item<double>()));
   // Substitute data: normalised G(z) in [(0-.5)/.5, (1-.5)/.5].
   torch::Tensor x = dafl.Sample(5, ctx);
@@ -102,50 +92,29 @@ TEST(DaflTest, DistillationLossReachesTheStudentOnly) {
   Dafl dafl(fx.Options(), fx.Deps());
   RoundContext ctx;
   dafl.Synthesize(ctx);
-  DistillBatch b;
-  b.inputs = dafl.Sample(8, ctx);
-  {
-    torch::NoGradGuard g;
-    b.teacher = fx.teacher->ForwardWithTaps(b.inputs, {});
-  }
-  b.student = fx.student->ForwardWithTaps(b.inputs, {});
+  DistillBatch b = testing::TrainerBatch(fx.teacher, fx.student, dafl.Sample(8, ctx));
   dafl.generator()->zero_grad();
   dafl.DistillLoss(b, ctx).backward();
   EXPECT_GT(fx.student->parameters()[0].grad().abs().sum().item<double>(), 0.0);
-  for (auto& p : dafl.generator()->parameters()) {
-    EXPECT_TRUE(!p.grad().defined() || p.grad().abs().sum().item<double>() == 0.0);
-  }
+  EXPECT_TRUE(testing::NoGradientReached(*dafl.generator()));
 }
 
 TEST(DaflTest, ResumedDistillationEqualsUninterrupted) {
   testing::TempDir dir;
   Fixture fx;
-  common::JobSpec spec;
-  spec.kind = common::JobKind::kDistill;
-  spec.seed = 2;
-  spec.train.epochs = 2;
-  spec.train.batch_size = 8;
-  spec.train.checkpoint_every_steps = 1000;
-  spec.distill.method = "dafl";
-  spec.distill.steps_per_epoch = 5;
-  spec.distill.kd_steps = 3;
+  common::JobSpec spec = testing::TinyDistillJob("dafl");
   spec.distill.synthesis_batch_size = 8;
   spec.distill.dafl.nz = 16;
   spec.distill.dafl.g_steps = 2;
   JobData data = testing::TinyDistillTask(12);
   auto run = [&](const std::string& out, int64_t stop_at, uint64_t init_seed) {
-    torch::manual_seed(init_seed);
-    Classifier student = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
+    Classifier student = testing::TinyWrn(init_seed);
     torch::manual_seed(5);  // the generator's init, as the job runner seeds it
-    LocalCommunicator comm;
     MethodDeps deps{fx.teacher, student, data.image_shape, 4, data.norm};
-    DistillSource source(spec, fx.teacher, student, MakeMethod(spec, deps), comm);
-    RunControl c;
-    c.quiet = true;
-    c.stop_at_step = stop_at;
-    RunOutcome o = Trainer(spec, student, data, comm, source, out).Run(c);
-    auto& dafl = dynamic_cast<Dafl&>(source.method());
-    return std::make_tuple(o.finished, student, dafl.generator()->parameters()[0].detach().clone());
+    testing::TinyDistillation distillation(spec, fx.teacher, student, MakeMethod(spec, deps));
+    const bool finished = distillation.Train(data, out, stop_at);
+    auto& dafl = dynamic_cast<Dafl&>(distillation.method());
+    return std::make_tuple(finished, student, dafl.generator()->parameters()[0].detach().clone());
   };
   auto [done_a, a, gen_a] = run(dir.File("a"), -1, 9);
   ASSERT_TRUE(done_a);
@@ -154,10 +123,7 @@ TEST(DaflTest, ResumedDistillationEqualsUninterrupted) {
   auto [done_b, b, gen_b] = run(dir.File("b"), -1, 77);
   ASSERT_TRUE(done_b);
   EXPECT_TRUE(torch::equal(gen_a, gen_b));
-  auto pb = b->named_parameters();
-  for (auto& kv : a->named_parameters()) {
-    EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << kv.key();
-  }
+  EXPECT_TRUE(testing::SameParameters(a, b));
 }
 
 }  // namespace

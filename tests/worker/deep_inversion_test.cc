@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "tests/testing/method_fixtures.h"
 #include "worker/data/transforms.h"
 #include "worker/dist/communicator.h"
 #include "worker/methods/deep_inversion.h"
@@ -19,6 +20,8 @@
 
 namespace dfkd::worker {
 namespace {
+
+using testing::StateOf;
 
 torch::Tensor Vec(std::vector<float> v) { return torch::tensor(v, torch::kFloat32); }
 
@@ -91,51 +94,14 @@ TEST(TotalVariationL1Test, ConstantIsZeroAndSmallImageMatchesHand) {
   EXPECT_NEAR(TotalVariationL1(torch::cat({x, 2 * x}, 1)).item<double>(), 13.5, 1e-5);
 }
 
-Classifier MakeTeacher() {
-  torch::manual_seed(1);
-  Classifier t = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
-  // Running statistics that differ from noise's: train-mode passes on shifted data.
-  t->train();
-  {
-    torch::NoGradGuard no_grad;
-    for (int i = 0; i < 10; ++i) t->forward(torch::rand({16, 1, 8, 8}) * 3.0 + 0.5);
-  }
-  t->eval();
-  for (auto& p : t->parameters()) p.set_requires_grad(false);
-  return t;
-}
-
-Classifier MakeStudent() {
-  torch::manual_seed(2);
-  Classifier s = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
-  s->eval();
-  return s;
-}
-
-std::vector<torch::Tensor> StateOf(torch::nn::Module& m) {
-  std::vector<torch::Tensor> out;
-  for (const auto& p : m.parameters()) out.push_back(p.detach().clone());
-  for (const auto& b : m.buffers()) out.push_back(b.detach().clone());
-  return out;
-}
-
-bool SameState(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!torch::equal(a[i], b[i])) return false;
-  }
-  return true;
-}
-
 double TeacherBnLoss(Classifier& teacher, const torch::Tensor& x) {
   torch::NoGradGuard no_grad;
   return BnStatisticsLoss(teacher->ForwardWithTaps(x, TapRequest{true}).bn_taps).item<double>();
 }
 
-class DeepInversionTest : public ::testing::Test {
+class DeepInversionTest : public testing::TinyMethodTest {
  protected:
-  DeepInversionTest() : teacher_(MakeTeacher()), student_(MakeStudent()) {}
-
+  // The task's normalisation and crop padding stay MethodDeps' defaults.
   MethodDeps Deps() const {
     MethodDeps d;
     d.teacher = teacher_;
@@ -149,18 +115,6 @@ class DeepInversionTest : public ::testing::Test {
     o.g_steps(5).synthesis_batch_size(8).norm(norm);
     return o;
   }
-  RoundContext Ctx(int64_t round, int64_t step) {
-    RoundContext c;
-    c.round = round;
-    c.global_step = step;
-    c.seed = 7;
-    c.comm = &comm_;
-    return c;
-  }
-
-  Classifier teacher_;
-  Classifier student_;
-  LocalCommunicator comm_;
 };
 
 TEST_F(DeepInversionTest, SynthesizeLeavesModelsUntouchedAndFillsThePool) {
@@ -172,13 +126,9 @@ TEST_F(DeepInversionTest, SynthesizeLeavesModelsUntouchedAndFillsThePool) {
   EXPECT_THROW(di.Sample(4, Ctx(0, 0)), c10::Error);
   di.Synthesize(Ctx(0, 0));
 
-  EXPECT_TRUE(SameState(teacher_before, StateOf(*teacher_)));
+  EXPECT_TRUE(testing::Untouched(teacher_before, teacher_, /*training=*/false));
   // Eval mode inside (running stats unchanged) and no gradient left behind.
-  EXPECT_TRUE(SameState(student_before, StateOf(*student_)));
-  for (const auto& p : student_->parameters()) EXPECT_FALSE(p.grad().defined());
-  for (const auto& p : teacher_->parameters()) EXPECT_FALSE(p.grad().defined());
-  EXPECT_TRUE(student_->is_training());
-  EXPECT_FALSE(teacher_->is_training());
+  EXPECT_TRUE(testing::Untouched(student_before, student_, /*training=*/true));
 
   ASSERT_EQ(di.pool_size(), 8);
   EXPECT_EQ(di.pool().scalar_type(), torch::kUInt8);

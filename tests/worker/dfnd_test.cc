@@ -16,12 +16,12 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "tests/testing/method_fixtures.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_task.h"
 #include "worker/data/transforms.h"
 #include "worker/dist/communicator.h"
 #include "worker/engine/distill_source.h"
-#include "worker/engine/trainer.h"
 #include "worker/kdci/kdci_method.h"
 #include "worker/methods/dfnd.h"
 #include "worker/methods/losses.h"
@@ -32,13 +32,10 @@
 namespace dfkd::worker {
 namespace {
 
-std::vector<double> Softmax(const std::vector<double>& v) {
-  std::vector<double> e(v.size());
-  double z = 0;
-  for (size_t i = 0; i < v.size(); ++i) z += (e[i] = std::exp(v[i]));
-  for (double& x : e) x /= z;
-  return e;
-}
+using testing::MeanTeacherImpl;
+using testing::PlantedPool;
+using testing::PlantedValue;
+using testing::Softmax;
 
 TEST(NoiseTransitionTest, ZeroThetaSpreadsTheTeachersErrorEvenly) {
   torch::Tensor q = NoiseTransition(torch::zeros({4, 3}), 0.9);
@@ -96,101 +93,25 @@ TEST(NoiseAdaptationLossTest, MatchesAHandComputation) {
   EXPECT_GT(ts.grad().abs().sum().item<double>(), 0.0);
 }
 
-// logits (2m, -2m, 0, 0), m the mean of the normalised input: the further
-// the mean is from 0, the more confident the teacher (class 0 above 0, class
-// 1 below). No parameters.
-class MeanTeacherImpl : public ClassifierImpl {
- public:
-  ClassifierOutput ForwardWithTaps(const torch::Tensor& x, const TapRequest&) override {
-    ClassifierOutput out;
-    out.features = x.flatten(1).mean(1, /*keepdim=*/true);
-    out.logits = Classify(out.features);
-    return out;
-  }
-  torch::Tensor Classify(const torch::Tensor& m) override {
-    torch::Tensor zero = torch::zeros_like(m);
-    return torch::cat({2 * m, -2 * m, zero, zero}, 1);
-  }
-  int64_t feature_dim() const override { return 1; }
-  int64_t num_classes() const override { return 4; }
-};
-
-// 64 constant 1x8x8 images; image i has every pixel 4 * ((37 i) mod 64), so
-// the values 0, 4, ..., 252 in a scrambled order.
-int64_t PlantedValue(int64_t i) { return 4 * ((37 * i) % 64); }
-
-torch::Tensor PlantedPool() {
-  torch::Tensor pool = torch::empty({64, 1, 8, 8}, torch::kUInt8);
-  for (int64_t i = 0; i < 64; ++i) pool[i].fill_(PlantedValue(i));
-  return pool;
-}
-
-Classifier MakeTeacher() {
-  torch::manual_seed(1);
-  Classifier t = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
-  t->eval();
-  for (auto& p : t->parameters()) p.set_requires_grad(false);
-  return t;
-}
-
-Classifier MakeStudent(uint64_t seed = 2) {
-  torch::manual_seed(seed);
-  Classifier s = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
-  s->eval();
-  return s;
-}
-
 const Normalization kNorm{{0.5f}, {0.5f}};
 const Normalization kPoolNorm{{0.25f}, {0.5f}};
 
-class DfndTest : public ::testing::Test {
+class DfndTest : public testing::TinyMethodTest {
  protected:
-  DfndTest() : teacher_(MakeTeacher()), student_(MakeStudent()) {
-    torch::manual_seed(3);
-    pool_ = torch::randint(256, {64, 1, 8, 8}, torch::kUInt8);
-  }
+  DfndTest() : TinyMethodTest(/*teacher_warmup_passes=*/0), pool_(testing::RandomPool(3)) {}
 
-  MethodDeps Deps() const { return DepsWith(teacher_, student_); }
-  MethodDeps DepsWith(const Classifier& teacher, const Classifier& student) const {
-    MethodDeps d;
-    d.teacher = teacher;
-    d.student = student;
-    d.image_shape = {1, 8, 8};
-    d.num_classes = 4;
-    d.norm = kNorm;
-    d.crop_padding = 1;
-    return d;
-  }
   DfndOptions Small() const {
     DfndOptions o;
     o.num_select(32).teacher_accuracy(0.8).select_chunk(16).crop_padding(1);
     o.norm(kNorm).pool(pool_).pool_norm(kPoolNorm);
     return o;
   }
-  RoundContext Ctx(int64_t round, int64_t step) {
-    RoundContext c;
-    c.round = round;
-    c.global_step = step;
-    c.seed = 7;
-    c.comm = &comm_;
-    return c;
-  }
   // The trainer's part of a step: both models on a sampled batch.
   DistillBatch Batch(Dfnd& method, const RoundContext& ctx) {
-    DistillBatch b;
-    b.inputs = method.Sample(8, ctx);
-    {
-      torch::NoGradGuard g;
-      b.teacher = teacher_->ForwardWithTaps(b.inputs, {});
-    }
-    b.student = student_->ForwardWithTaps(b.inputs, {});
-    return b;
+    return testing::TrainerBatch(teacher_, student_, method.Sample(8, ctx));
   }
 
-  Classifier teacher_;
-  Classifier student_;
   torch::Tensor pool_;
-  LocalCommunicator comm_;
 };
 
 TEST_F(DfndTest, DefaultsAreTheReferenceValues) {
@@ -364,36 +285,18 @@ TEST_F(DfndTest, SaveLoadKeepsSelectionThetaAndThePendingGradient) {
   EXPECT_TRUE(torch::equal(la, lb));
 }
 
-common::JobSpec TinyDfndJob() {
-  common::JobSpec spec;
-  spec.kind = common::JobKind::kDistill;
-  spec.seed = 2;
-  spec.train.epochs = 2;
-  spec.train.batch_size = 8;
-  spec.train.checkpoint_every_steps = 1000;
-  spec.distill.method = "dfnd";
-  spec.distill.steps_per_epoch = 5;
-  spec.distill.kd_steps = 3;
-  return spec;
-}
-
 TEST_F(DfndTest, ResumedDistillationEqualsUninterruptedAndDoesNotScoreAgain) {
   testing::TempDir dir;
-  const common::JobSpec spec = TinyDfndJob();
+  const common::JobSpec spec = testing::TinyDistillJob("dfnd");
   JobData data = testing::TinyDistillTask(12);
   auto run = [&](const std::string& out, int64_t stop_at, uint64_t init_seed) {
-    Classifier student = MakeStudent(init_seed);
-    LocalCommunicator comm;
-    auto method = std::make_unique<Dfnd>(Small(), DepsWith(teacher_, student));
-    Dfnd* dfnd = method.get();
-    DistillSource source(spec, teacher_, student, std::move(method), comm);
-    RunControl c;
-    c.quiet = true;
-    c.stop_at_step = stop_at;
-    RunOutcome outcome = Trainer(spec, student, data, comm, source, out).Run(c);
-    return std::make_tuple(outcome.finished, student, dfnd->theta().detach().clone(),
-                           dfnd->selection().clone(), dfnd->images_scored(),
-                           dfnd->theta_steps());
+    Classifier student = testing::TinyStudent(init_seed);
+    testing::TinyDistillation distillation(
+        spec, teacher_, student, std::make_unique<Dfnd>(Small(), DepsWith(teacher_, student)));
+    const bool finished = distillation.Train(data, out, stop_at);
+    auto& dfnd = dynamic_cast<Dfnd&>(distillation.method());
+    return std::make_tuple(finished, student, dfnd.theta().detach().clone(),
+                           dfnd.selection().clone(), dfnd.images_scored(), dfnd.theta_steps());
   };
   auto [done_a, a, theta_a, sel_a, scored_a, steps_a] = run(dir.File("a"), -1, 9);
   ASSERT_TRUE(done_a);
@@ -409,10 +312,7 @@ TEST_F(DfndTest, ResumedDistillationEqualsUninterruptedAndDoesNotScoreAgain) {
   EXPECT_EQ(steps_b, 9);
   EXPECT_TRUE(torch::equal(sel_a, sel_b));
   EXPECT_TRUE(torch::equal(theta_a, theta_b));
-  auto pb = b->named_parameters();
-  for (auto& kv : a->named_parameters()) {
-    EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << kv.key();
-  }
+  EXPECT_TRUE(testing::SameParameters(a, b));
 }
 
 TEST_F(DfndTest, KdciBuildsItsDictionaryOnceFromTheSelection) {
@@ -425,7 +325,7 @@ TEST_F(DfndTest, KdciBuildsItsDictionaryOnceFromTheSelection) {
   KdciMethod* wrapper = kdci.get();
   EXPECT_EQ(wrapper->name(), "dfnd+kdci");
   EXPECT_TRUE(wrapper->has_pool());
-  common::JobSpec spec = TinyDfndJob();
+  common::JobSpec spec = testing::TinyDistillJob("dfnd");
   LocalCommunicator comm;
   student_->train();
   DistillSource source(spec, teacher_, student_, std::move(kdci), comm);

@@ -15,13 +15,13 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "tests/testing/method_fixtures.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_task.h"
 #include "worker/data/transforms.h"
 #include "worker/dist/communicator.h"
 #include "worker/engine/distill_source.h"
 #include "worker/engine/method_factory.h"
-#include "worker/engine/trainer.h"
 #include "worker/methods/deep_inversion.h"
 #include "worker/methods/fast_meta.h"
 #include "worker/methods/losses.h"
@@ -29,6 +29,12 @@
 
 namespace dfkd::worker {
 namespace {
+
+using testing::CloseStudent;
+using testing::ParamsOf;
+using testing::SameTensors;
+using testing::Softmax;
+using testing::StateOf;
 
 torch::Tensor Vec(std::vector<float> v) { return torch::tensor(v, torch::kFloat32); }
 
@@ -69,14 +75,6 @@ TEST(MomentumBnLossTest, MovingAverageStartsAtTheFirstStatisticsThenDecays) {
   // 0.9 * old + 0.1 * new.
   EXPECT_TRUE(torch::allclose(ema[0].mean, Vec({2, 3})));
   EXPECT_TRUE(torch::allclose(ema[0].variance, Vec({5, 4})));
-}
-
-std::vector<double> Softmax(const std::vector<double>& v) {
-  std::vector<double> e(v.size());
-  double z = 0;
-  for (size_t i = 0; i < v.size(); ++i) z += (e[i] = std::exp(v[i]));
-  for (double& x : e) x /= z;
-  return e;
 }
 
 TEST(DecisionAdversarialLossTest, MaskedKlAtTemperatureOneByHand) {
@@ -123,77 +121,8 @@ TEST(AugmentCropFlipTest, MatchesTheUint8TransformDrawForDrawAndIsDifferentiable
   EXPECT_TRUE(torch::equal(AugmentCropFlip(x, 0, false, c), x));
 }
 
-Classifier MakeTeacher() {
-  torch::manual_seed(1);
-  Classifier t = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
-  // Running statistics that differ from the generator's: train-mode passes on shifted data.
-  t->train();
-  {
-    torch::NoGradGuard no_grad;
-    for (int i = 0; i < 10; ++i) t->forward(torch::rand({16, 1, 8, 8}) * 3.0 + 0.5);
-  }
-  t->eval();
-  for (auto& p : t->parameters()) p.set_requires_grad(false);
-  return t;
-}
-
-Classifier MakeStudent() {
-  torch::manual_seed(2);
-  Classifier s = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
-  s->eval();
-  return s;
-}
-
-// The teacher, slightly perturbed: agrees with it on most inputs, so the
-// decision-adversarial term is non-zero.
-Classifier CloseStudent(const Classifier& teacher) {
-  Classifier s = MakeStudent();
-  torch::NoGradGuard no_grad;
-  auto src = teacher->named_parameters();
-  for (auto& kv : s->named_parameters()) {
-    kv.value().copy_(src[kv.key()] + 0.01 * torch::randn_like(src[kv.key()]));
-  }
-  auto bufs = teacher->named_buffers();
-  for (auto& kv : s->named_buffers()) kv.value().copy_(bufs[kv.key()]);
-  return s;
-}
-
-std::vector<torch::Tensor> StateOf(torch::nn::Module& m) {
-  std::vector<torch::Tensor> out;
-  for (const auto& p : m.parameters()) out.push_back(p.detach().clone());
-  for (const auto& b : m.buffers()) out.push_back(b.detach().clone());
-  return out;
-}
-
-std::vector<torch::Tensor> ParamsOf(torch::nn::Module& m) {
-  std::vector<torch::Tensor> out;
-  for (const auto& p : m.parameters()) out.push_back(p.detach().clone());
-  return out;
-}
-
-bool SameTensors(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!torch::equal(a[i], b[i])) return false;
-  }
-  return true;
-}
-
-class FastTest : public ::testing::Test {
+class FastTest : public testing::TinyMethodTest {
  protected:
-  FastTest() : teacher_(MakeTeacher()), student_(MakeStudent()) {}
-
-  MethodDeps Deps() const { return DepsWith(student_); }
-  MethodDeps DepsWith(const Classifier& student) const {
-    MethodDeps d;
-    d.teacher = teacher_;
-    d.student = student;
-    d.image_shape = {1, 8, 8};
-    d.num_classes = 4;
-    d.norm = {{0.5f}, {0.5f}};
-    d.crop_padding = 1;
-    return d;
-  }
   // A tiny G-A (nz 8, ngf 4), no warm-up.
   static FastOptions Small() {
     FastOptions o;
@@ -201,18 +130,6 @@ class FastTest : public ::testing::Test {
         {{0.5f}, {0.5f}});
     return o;
   }
-  RoundContext Ctx(int64_t round, int64_t step) {
-    RoundContext c;
-    c.round = round;
-    c.global_step = step;
-    c.seed = 7;
-    c.comm = &comm_;
-    return c;
-  }
-
-  Classifier teacher_;
-  Classifier student_;
-  LocalCommunicator comm_;
 };
 
 // One inner step from fresh Adam states: G' moves by lr_g * g / (|g| + eps),
@@ -263,12 +180,8 @@ TEST_F(FastTest, SynthesizeTrainsTheGeneratorAndLeavesBothModelsUntouched) {
   EXPECT_THROW(fast.Sample(4, Ctx(0, 0)), c10::Error);
   fast.Synthesize(Ctx(0, 0));
 
-  EXPECT_TRUE(SameTensors(teacher_before, StateOf(*teacher_)));
-  EXPECT_TRUE(SameTensors(student_before, StateOf(*student_)));
-  for (const auto& p : student_->parameters()) EXPECT_FALSE(p.grad().defined());
-  for (const auto& p : teacher_->parameters()) EXPECT_FALSE(p.grad().defined());
-  EXPECT_TRUE(student_->is_training());
-  EXPECT_FALSE(teacher_->is_training());
+  EXPECT_TRUE(testing::Untouched(teacher_before, teacher_, /*training=*/false));
+  EXPECT_TRUE(testing::Untouched(student_before, student_, /*training=*/true));
   EXPECT_FALSE(SameTensors(gen_before, ParamsOf(*fast.generator())));
   for (const auto& p : fast.generator()->parameters()) EXPECT_FALSE(p.grad().defined());
 
@@ -377,23 +290,13 @@ TEST_F(FastTest, DistillLossIsKdAndReachesTheStudentOnly) {
   FastMethod fast(Small(), Deps());
   fast.Synthesize(Ctx(0, 0));
   student_->train();
-  DistillBatch b;
-  b.inputs = fast.Sample(8, Ctx(0, 1));
-  {
-    torch::NoGradGuard g;
-    b.teacher = teacher_->ForwardWithTaps(b.inputs, {});
-  }
-  b.student = student_->ForwardWithTaps(b.inputs, {});
+  DistillBatch b = testing::TrainerBatch(teacher_, student_, fast.Sample(8, Ctx(0, 1)));
   torch::Tensor loss = fast.DistillLoss(b, Ctx(0, 1));
   EXPECT_TRUE(torch::allclose(loss, KdLoss(b.student.logits, b.teacher.logits, 20.0)));
   loss.backward();
   EXPECT_GT(student_->parameters()[0].grad().abs().sum().item<double>(), 0.0);
-  for (auto& p : fast.generator()->parameters()) {
-    EXPECT_TRUE(!p.grad().defined() || p.grad().abs().sum().item<double>() == 0.0);
-  }
-  for (auto& p : fast.fast_generator()->parameters()) {
-    EXPECT_TRUE(!p.grad().defined() || p.grad().abs().sum().item<double>() == 0.0);
-  }
+  EXPECT_TRUE(testing::NoGradientReached(*fast.generator()));
+  EXPECT_TRUE(testing::NoGradientReached(*fast.fast_generator()));
   // KDCI's compensated logits are what the KD term scores.
   b.kd_logits = torch::randn({8, 4});
   EXPECT_TRUE(torch::allclose(fast.DistillLoss(b, Ctx(0, 1)),
@@ -434,15 +337,7 @@ TEST_F(FastTest, SaveLoadContinuesIdentically) {
 }
 
 common::JobSpec TinyFastJob() {
-  common::JobSpec spec;
-  spec.kind = common::JobKind::kDistill;
-  spec.seed = 2;
-  spec.train.epochs = 2;
-  spec.train.batch_size = 8;
-  spec.train.checkpoint_every_steps = 1000;
-  spec.distill.method = "fast";
-  spec.distill.steps_per_epoch = 5;
-  spec.distill.kd_steps = 3;
+  common::JobSpec spec = testing::TinyDistillJob("fast");
   spec.distill.synthesis_batch_size = 8;
   spec.distill.fast.nz = 8;
   spec.distill.fast.g_steps = 2;
@@ -455,20 +350,15 @@ TEST_F(FastTest, ResumedDistillationEqualsUninterrupted) {
   const common::JobSpec spec = TinyFastJob();
   JobData data = testing::TinyDistillTask(12);
   auto run = [&](const std::string& out, int64_t stop_at, uint64_t init_seed) {
-    torch::manual_seed(init_seed);
-    Classifier student = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
+    Classifier student = testing::TinyWrn(init_seed);
     torch::manual_seed(5);  // the generator's init, as the job runner seeds it
-    LocalCommunicator comm;
     MethodDeps deps = DepsWith(student);
     deps.image_shape = data.image_shape;
     deps.norm = data.norm;
-    DistillSource source(spec, teacher_, student, MakeMethod(spec, deps), comm);
-    RunControl c;
-    c.quiet = true;
-    c.stop_at_step = stop_at;
-    RunOutcome o = Trainer(spec, student, data, comm, source, out).Run(c);
-    auto& fast = dynamic_cast<FastMethod&>(source.method());
-    return std::make_tuple(o.finished, student, ParamsOf(*fast.generator()),
+    testing::TinyDistillation distillation(spec, teacher_, student, MakeMethod(spec, deps));
+    const bool finished = distillation.Train(data, out, stop_at);
+    auto& fast = dynamic_cast<FastMethod&>(distillation.method());
+    return std::make_tuple(finished, student, ParamsOf(*fast.generator()),
                            fast.pool().images().clone());
   };
   auto [done_a, a, gen_a, pool_a] = run(dir.File("a"), -1, 9);
@@ -481,10 +371,7 @@ TEST_F(FastTest, ResumedDistillationEqualsUninterrupted) {
   EXPECT_EQ(pool_a.size(0), 5 * 8);
   EXPECT_TRUE(torch::equal(pool_a, pool_b));
   EXPECT_TRUE(SameTensors(gen_a, gen_b));
-  auto pb = b->named_parameters();
-  for (auto& kv : a->named_parameters()) {
-    EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << kv.key();
-  }
+  EXPECT_TRUE(testing::SameParameters(a, b));
 }
 
 TEST_F(FastTest, KdciWrapsFastAndTakesAStep) {

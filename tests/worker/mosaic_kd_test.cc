@@ -15,12 +15,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "tests/testing/method_fixtures.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_task.h"
 #include "worker/data/transforms.h"
 #include "worker/dist/communicator.h"
-#include "worker/engine/distill_source.h"
-#include "worker/engine/trainer.h"
 #include "worker/methods/losses.h"
 #include "worker/methods/mosaic_kd.h"
 #include "worker/methods/seeding.h"
@@ -31,13 +30,13 @@
 namespace dfkd::worker {
 namespace {
 
-std::vector<double> Softmax(const std::vector<double>& v) {
-  std::vector<double> e(v.size());
-  double z = 0;
-  for (size_t i = 0; i < v.size(); ++i) z += (e[i] = std::exp(v[i]));
-  for (double& x : e) x /= z;
-  return e;
-}
+using testing::MeanTeacherImpl;
+using testing::ParamsOf;
+using testing::PlantedPool;
+using testing::PlantedValue;
+using testing::SameTensors;
+using testing::Softmax;
+using testing::StateOf;
 
 double Softplus(double x) { return std::log1p(std::exp(x)); }
 
@@ -128,97 +127,13 @@ TEST(PatchDiscriminatorTest, OneLogitPerPatchForEachInputSize) {
   EXPECT_THROW(tiny->forward(torch::randn({3, 2, 8, 8})), c10::Error);
 }
 
-// logits (2m, -2m, 0, 0), m the mean of the normalised input: the further
-// the mean is from 0, the more confident the teacher (and the lower its
-// entropy). No parameters; differentiable in the input.
-class MeanTeacherImpl : public ClassifierImpl {
- public:
-  ClassifierOutput ForwardWithTaps(const torch::Tensor& x, const TapRequest&) override {
-    ClassifierOutput out;
-    out.features = x.flatten(1).mean(1, /*keepdim=*/true);
-    out.logits = Classify(out.features);
-    return out;
-  }
-  torch::Tensor Classify(const torch::Tensor& m) override {
-    torch::Tensor zero = torch::zeros_like(m);
-    return torch::cat({2 * m, -2 * m, zero, zero}, 1);
-  }
-  int64_t feature_dim() const override { return 1; }
-  int64_t num_classes() const override { return 4; }
-};
-
-// 64 constant 1x8x8 images; image i has every pixel 4 * ((37 i) mod 64), so
-// the values 0, 4, ..., 252 in a scrambled order.
-torch::Tensor PlantedPool() {
-  torch::Tensor pool = torch::empty({64, 1, 8, 8}, torch::kUInt8);
-  for (int64_t i = 0; i < 64; ++i) pool[i].fill_(4 * ((37 * i) % 64));
-  return pool;
-}
-
-int64_t PlantedValue(int64_t i) { return 4 * ((37 * i) % 64); }
-
-Classifier MakeTeacher() {
-  torch::manual_seed(1);
-  Classifier t = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
-  t->train();
-  {
-    torch::NoGradGuard no_grad;
-    for (int i = 0; i < 10; ++i) t->forward(torch::rand({16, 1, 8, 8}) * 3.0 + 0.5);
-  }
-  t->eval();
-  for (auto& p : t->parameters()) p.set_requires_grad(false);
-  return t;
-}
-
-Classifier MakeStudent(uint64_t seed = 2) {
-  torch::manual_seed(seed);
-  Classifier s = MakeClassifier({"wrn", 16, 1, 1.0, 0.0, 4, 1, 8});
-  s->eval();
-  return s;
-}
-
-std::vector<torch::Tensor> StateOf(torch::nn::Module& m) {
-  std::vector<torch::Tensor> out;
-  for (const auto& p : m.parameters()) out.push_back(p.detach().clone());
-  for (const auto& b : m.buffers()) out.push_back(b.detach().clone());
-  return out;
-}
-
-std::vector<torch::Tensor> ParamsOf(torch::nn::Module& m) {
-  std::vector<torch::Tensor> out;
-  for (const auto& p : m.parameters()) out.push_back(p.detach().clone());
-  return out;
-}
-
-bool SameTensors(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!torch::equal(a[i], b[i])) return false;
-  }
-  return true;
-}
-
 const Normalization kNorm{{0.5f}, {0.5f}};
 const Normalization kPoolNorm{{0.25f}, {0.5f}};
 
-class MosaicKdTest : public ::testing::Test {
+class MosaicKdTest : public testing::TinyMethodTest {
  protected:
-  MosaicKdTest() : teacher_(MakeTeacher()), student_(MakeStudent()) {
-    torch::manual_seed(3);
-    pool_ = torch::randint(256, {64, 1, 8, 8}, torch::kUInt8);
-  }
+  MosaicKdTest() : pool_(testing::RandomPool(3)) {}
 
-  MethodDeps Deps() const { return DepsWith(teacher_, student_); }
-  MethodDeps DepsWith(const Classifier& teacher, const Classifier& student) const {
-    MethodDeps d;
-    d.teacher = teacher;
-    d.student = student;
-    d.image_shape = {1, 8, 8};
-    d.num_classes = 4;
-    d.norm = kNorm;
-    d.crop_padding = 1;
-    return d;
-  }
   // A tiny G-C (nz 8, ngf 4) and D (ndf 8) on a random pool.
   MosaicKdOptions Small() const {
     MosaicKdOptions o;
@@ -226,19 +141,8 @@ class MosaicKdTest : public ::testing::Test {
     o.norm(kNorm).pool(pool_).pool_norm(kPoolNorm);
     return o;
   }
-  RoundContext Ctx(int64_t round, int64_t step) {
-    RoundContext c;
-    c.round = round;
-    c.global_step = step;
-    c.seed = 7;
-    c.comm = &comm_;
-    return c;
-  }
 
-  Classifier teacher_;
-  Classifier student_;
   torch::Tensor pool_;
-  LocalCommunicator comm_;
 };
 
 TEST_F(MosaicKdTest, DefaultsAreTheReadmeCommandValues) {
@@ -279,12 +183,8 @@ TEST_F(MosaicKdTest, SynthesizeTrainsGeneratorAndDiscriminatorOnly) {
 
   // The student ran in train mode, but its parameters, running statistics
   // and mode are as before, and neither model holds a gradient.
-  EXPECT_TRUE(SameTensors(teacher_before, StateOf(*teacher_)));
-  EXPECT_TRUE(SameTensors(student_before, StateOf(*student_)));
-  for (const auto& p : student_->parameters()) EXPECT_FALSE(p.grad().defined());
-  for (const auto& p : teacher_->parameters()) EXPECT_FALSE(p.grad().defined());
-  EXPECT_FALSE(student_->is_training());
-  EXPECT_FALSE(teacher_->is_training());
+  EXPECT_TRUE(testing::Untouched(teacher_before, teacher_, /*training=*/false));
+  EXPECT_TRUE(testing::Untouched(student_before, student_, /*training=*/false));
 
   const std::vector<torch::Tensor> g_after = ParamsOf(*m.generator());
   const std::vector<torch::Tensor> d_after = ParamsOf(*m.discriminator());
@@ -351,13 +251,7 @@ TEST_F(MosaicKdTest, DistillLossIsKdAtTemperatureOneOnTheKdLogits) {
   MosaicKd m(Small(), Deps());
   m.Synthesize(Ctx(0, 0));
   student_->train();
-  DistillBatch b;
-  b.inputs = m.Sample(8, Ctx(0, 1));
-  {
-    torch::NoGradGuard g;
-    b.teacher = teacher_->ForwardWithTaps(b.inputs, {});
-  }
-  b.student = student_->ForwardWithTaps(b.inputs, {});
+  DistillBatch b = testing::TrainerBatch(teacher_, student_, m.Sample(8, Ctx(0, 1)));
   torch::Tensor loss = m.DistillLoss(b, Ctx(0, 1));
   EXPECT_TRUE(torch::allclose(loss, KdLoss(b.student.logits, b.teacher.logits, 1.0)));
   loss.backward();
@@ -477,15 +371,7 @@ TEST_F(MosaicKdTest, SaveLoadContinuesIdentically) {
 }
 
 common::JobSpec TinyMosaicJob() {
-  common::JobSpec spec;
-  spec.kind = common::JobKind::kDistill;
-  spec.seed = 2;
-  spec.train.epochs = 2;
-  spec.train.batch_size = 8;
-  spec.train.checkpoint_every_steps = 1000;
-  spec.distill.method = "mosaickd";
-  spec.distill.steps_per_epoch = 5;
-  spec.distill.kd_steps = 3;
+  common::JobSpec spec = testing::TinyDistillJob("mosaickd");
   spec.distill.synthesis_batch_size = 8;
   return spec;
 }
@@ -497,19 +383,15 @@ TEST_F(MosaicKdTest, ResumedDistillationEqualsUninterrupted) {
   // 10 steps, kd_steps 3: rounds 0..3.
   const MosaicKdOptions o = Small().total_rounds(4).ood_subset(32);
   auto run = [&](const std::string& out, int64_t stop_at, uint64_t init_seed) {
-    Classifier student = MakeStudent(init_seed);
+    Classifier student = testing::TinyStudent(init_seed);
     torch::manual_seed(init_seed + 1);  // G and D init: overwritten when resuming
-    LocalCommunicator comm;
-    auto method = std::make_unique<MosaicKd>(o, DepsWith(teacher_, student));
-    MosaicKd* mosaic = method.get();
-    DistillSource source(spec, teacher_, student, std::move(method), comm);
-    RunControl c;
-    c.quiet = true;
-    c.stop_at_step = stop_at;
-    RunOutcome outcome = Trainer(spec, student, data, comm, source, out).Run(c);
-    return std::make_tuple(outcome.finished, student, StateOf(*mosaic->generator()),
-                           StateOf(*mosaic->discriminator()), mosaic->subset().clone(),
-                           mosaic->images_scored());
+    testing::TinyDistillation distillation(
+        spec, teacher_, student, std::make_unique<MosaicKd>(o, DepsWith(teacher_, student)));
+    const bool finished = distillation.Train(data, out, stop_at);
+    auto& mosaic = dynamic_cast<MosaicKd&>(distillation.method());
+    return std::make_tuple(finished, student, StateOf(*mosaic.generator()),
+                           StateOf(*mosaic.discriminator()), mosaic.subset().clone(),
+                           mosaic.images_scored());
   };
   auto [done_a, a, gen_a, disc_a, subset_a, scored_a] = run(dir.File("a"), -1, 9);
   ASSERT_TRUE(done_a);
@@ -522,10 +404,7 @@ TEST_F(MosaicKdTest, ResumedDistillationEqualsUninterrupted) {
   EXPECT_TRUE(torch::equal(subset_a, subset_b));
   EXPECT_TRUE(SameTensors(gen_a, gen_b));
   EXPECT_TRUE(SameTensors(disc_a, disc_b));
-  auto pb = b->named_parameters();
-  for (auto& kv : a->named_parameters()) {
-    EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << kv.key();
-  }
+  EXPECT_TRUE(testing::SameParameters(a, b));
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 
 #include "worker/methods/deep_inversion.h"
 #include "worker/methods/fast_meta.h"
+#include "worker/methods/mode_guard.h"
 #include "worker/methods/seeding.h"
 
 namespace dfkd::worker {
@@ -26,20 +27,6 @@ constexpr uint64_t kInitStream = 5;         // (base, class): a generator's init
 constexpr uint64_t kSynthesisStream = 6;    // (seed, round * num_classes + class)
 constexpr uint64_t kExtraDrawStream = 7;    // (sample key, 0): which classes get one more
 constexpr uint64_t kClassSampleStream = 8;  // (sample key, class): draws within a class
-
-// Restores a module's train/eval mode on scope exit.
-class ModeGuard {
- public:
-  explicit ModeGuard(torch::nn::Module& module)
-      : module_(module), was_training_(module.is_training()) {}
-  ~ModeGuard() { module_.train(was_training_); }
-  ModeGuard(const ModeGuard&) = delete;
-  ModeGuard& operator=(const ModeGuard&) = delete;
-
- private:
-  torch::nn::Module& module_;
-  bool was_training_;
-};
 
 int64_t Bytes(const torch::Tensor& t) {
   return t.defined() ? static_cast<int64_t>(t.nbytes()) : 0;

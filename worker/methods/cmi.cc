@@ -13,6 +13,7 @@
 #include "worker/methods/deep_inversion.h"
 #include "worker/methods/fast_meta.h"
 #include "worker/methods/losses.h"
+#include "worker/methods/mode_guard.h"
 #include "worker/methods/seeding.h"
 
 namespace dfkd::worker {
@@ -20,20 +21,6 @@ namespace dfkd::worker {
 namespace F = torch::nn::functional;
 
 namespace {
-
-// Restores a module's train/eval mode on scope exit.
-class ModeGuard {
- public:
-  explicit ModeGuard(torch::nn::Module& module)
-      : module_(module), was_training_(module.is_training()) {}
-  ~ModeGuard() { module_.train(was_training_); }
-  ModeGuard(const ModeGuard&) = delete;
-  ModeGuard& operator=(const ModeGuard&) = delete;
-
- private:
-  torch::nn::Module& module_;
-  bool was_training_;
-};
 
 Generator MakeGenerator(const CmiOptions& o, const MethodDeps& deps) {
   TORCH_CHECK(deps.image_shape.size() == 3, "cmi: image shape must be {C, H, W}");
@@ -422,11 +409,8 @@ void CmiMethod::Synthesize(const RoundContext& ctx) {
 }
 
 torch::Tensor CmiMethod::Sample(int64_t batch_size, const RoundContext& ctx) {
-  TORCH_CHECK(pool_.size() > 0, "cmi: Sample() before any Synthesize()");
-  TORCH_CHECK(batch_size > 0, "cmi: batch_size must be positive");
-  torch::Tensor images =
-      pool_.Sample(batch_size, StudentBatchKey(ctx), options_.crop_padding(), /*flip=*/true);
-  return Normalize(images, options_.norm()).to(device());
+  return SampleStudentBatch(pool_, batch_size, StudentBatchKey(ctx), options_.crop_padding(),
+                            options_.norm(), device(), "cmi");
 }
 
 torch::Tensor CmiMethod::DistillLoss(const DistillBatch& batch, const RoundContext&) {

@@ -10,6 +10,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "worker/methods/losses.h"
+#include "worker/methods/mode_guard.h"
 #include "worker/methods/seeding.h"
 
 namespace dfkd::worker {
@@ -25,20 +26,6 @@ torch::Tensor ChannelVector(const std::vector<float>& v, int64_t channels) {
   torch::Tensor t = torch::tensor(v, torch::kFloat32).view({1, -1, 1, 1});
   return n == 1 ? t.expand({1, channels, 1, 1}).contiguous() : t;
 }
-
-// Restores a module's train/eval mode on scope exit.
-class ModeGuard {
- public:
-  explicit ModeGuard(torch::nn::Module& module)
-      : module_(module), was_training_(module.is_training()) {}
-  ~ModeGuard() { module_.train(was_training_); }
-  ModeGuard(const ModeGuard&) = delete;
-  ModeGuard& operator=(const ModeGuard&) = delete;
-
- private:
-  torch::nn::Module& module_;
-  bool was_training_;
-};
 
 }  // namespace
 
@@ -182,11 +169,8 @@ void DeepInversion::Synthesize(const RoundContext& ctx) {
 }
 
 torch::Tensor DeepInversion::Sample(int64_t batch_size, const RoundContext& ctx) {
-  TORCH_CHECK(pool_size() > 0, "deepinv: Sample() before any Synthesize()");
-  TORCH_CHECK(batch_size > 0, "deepinv: batch_size must be positive");
-  torch::Tensor images =
-      pool_.Sample(batch_size, StudentBatchKey(ctx), options_.crop_padding(), /*flip=*/true);
-  return Normalize(images, options_.norm()).to(device());
+  return SampleStudentBatch(pool_, batch_size, StudentBatchKey(ctx), options_.crop_padding(),
+                            options_.norm(), device(), "deepinv");
 }
 
 torch::Tensor DeepInversion::DistillLoss(const DistillBatch& batch, const RoundContext&) {

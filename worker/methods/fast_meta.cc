@@ -10,25 +10,12 @@
 
 #include "worker/methods/deep_inversion.h"
 #include "worker/methods/losses.h"
+#include "worker/methods/mode_guard.h"
 #include "worker/methods/seeding.h"
 
 namespace dfkd::worker {
 
 namespace {
-
-// Restores a module's train/eval mode on scope exit.
-class ModeGuard {
- public:
-  explicit ModeGuard(torch::nn::Module& module)
-      : module_(module), was_training_(module.is_training()) {}
-  ~ModeGuard() { module_.train(was_training_); }
-  ModeGuard(const ModeGuard&) = delete;
-  ModeGuard& operator=(const ModeGuard&) = delete;
-
- private:
-  torch::nn::Module& module_;
-  bool was_training_;
-};
 
 Generator MakeGenerator(const FastOptions& o, const MethodDeps& deps) {
   TORCH_CHECK(deps.image_shape.size() == 3, "fast: image shape must be {C, H, W}");
@@ -274,11 +261,8 @@ void FastMethod::Call(int64_t call, const RoundContext& ctx) {
 }
 
 torch::Tensor FastMethod::Sample(int64_t batch_size, const RoundContext& ctx) {
-  TORCH_CHECK(pool_.size() > 0, "fast: Sample() before any Synthesize()");
-  TORCH_CHECK(batch_size > 0, "fast: batch_size must be positive");
-  torch::Tensor images =
-      pool_.Sample(batch_size, StudentBatchKey(ctx), options_.crop_padding(), /*flip=*/true);
-  return Normalize(images, options_.norm()).to(device());
+  return SampleStudentBatch(pool_, batch_size, StudentBatchKey(ctx), options_.crop_padding(),
+                            options_.norm(), device(), "fast");
 }
 
 torch::Tensor FastMethod::DistillLoss(const DistillBatch& batch, const RoundContext&) {

@@ -49,4 +49,13 @@ void ImagePool::Load(torch::serialize::InputArchive& archive, const std::string&
   images_ = archive.try_read(key, images) ? images : torch::Tensor();
 }
 
+torch::Tensor SampleStudentBatch(const ImagePool& pool, int64_t batch_size, uint64_t key,
+                                 int64_t crop_padding, const Normalization& norm,
+                                 torch::Device device, const char* method) {
+  TORCH_CHECK(pool.size() > 0, method, ": Sample() before any Synthesize()");
+  TORCH_CHECK(batch_size > 0, method, ": batch_size must be positive");
+  torch::Tensor images = pool.Sample(batch_size, key, crop_padding, /*flip=*/true);
+  return Normalize(images, norm).to(device);
+}
+
 }  // namespace dfkd::worker

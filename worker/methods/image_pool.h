@@ -18,6 +18,8 @@
 
 #include <torch/torch.h>
 
+#include "worker/data/transforms.h"
+
 namespace dfkd::worker {
 
 class ImagePool {
@@ -54,6 +56,14 @@ class ImagePool {
   Quantize quantize_;
   torch::Tensor images_;  // uint8, CPU
 };
+
+// The student batch of an inversion method (DeepInv, Fast, CMI): `batch_size`
+// pool images drawn with `key`, cropped (zero padding `crop_padding`) and
+// flipped, normalised with `norm`, on `device`. `method` names the caller in
+// the error for an empty pool.
+torch::Tensor SampleStudentBatch(const ImagePool& pool, int64_t batch_size, uint64_t key,
+                                 int64_t crop_padding, const Normalization& norm,
+                                 torch::Device device, const char* method);
 
 }  // namespace dfkd::worker
 

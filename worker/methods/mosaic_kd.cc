@@ -9,25 +9,12 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "worker/methods/losses.h"
+#include "worker/methods/mode_guard.h"
 #include "worker/methods/seeding.h"
 
 namespace dfkd::worker {
 
 namespace {
-
-// Restores a module's train/eval mode on scope exit.
-class ModeGuard {
- public:
-  explicit ModeGuard(torch::nn::Module& module)
-      : module_(module), was_training_(module.is_training()) {}
-  ~ModeGuard() { module_.train(was_training_); }
-  ModeGuard(const ModeGuard&) = delete;
-  ModeGuard& operator=(const ModeGuard&) = delete;
-
- private:
-  torch::nn::Module& module_;
-  bool was_training_;
-};
 
 // A copy of a module's buffers (BN running statistics), to put back.
 class BufferSnapshot {

@@ -7,23 +7,11 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "worker/methods/mode_guard.h"
+
 namespace dfkd::worker {
 
 namespace {
-
-// Restores a module's train/eval mode on scope exit.
-class ModeGuard {
- public:
-  explicit ModeGuard(torch::nn::Module& module)
-      : module_(module), was_training_(module.is_training()) {}
-  ~ModeGuard() { module_.train(was_training_); }
-  ModeGuard(const ModeGuard&) = delete;
-  ModeGuard& operator=(const ModeGuard&) = delete;
-
- private:
-  torch::nn::Module& module_;
-  bool was_training_;
-};
 
 torch::Device DeviceOf(torch::nn::Module& module) {
   std::vector<torch::Tensor> params = module.parameters();
