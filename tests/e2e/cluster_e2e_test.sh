@@ -11,7 +11,9 @@
 #   4. cancel stops a running run (its dfkd-train child exits); SIGTERM makes
 #      a worker checkpoint and hand its run back without spending an attempt;
 #   5. the scheduler killed with SIGKILL mid-campaign and restarted: the
-#      campaign finishes, no run lost or run twice.
+#      campaign finishes, no run lost or run twice;
+#   6. runs with dist.world_size 2 are leased to a gang of two workers whose
+#      dfkd-train ranks train together over Gloo.
 # Waits are bounded polls on observable state, never fixed sleeps.
 #   cluster_e2e_test.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
@@ -24,10 +26,12 @@ work="$DFKD_HOME/test"
 mkdir -p "$work"
 restarted_pid=""
 extra_worker=""
+gang_worker=""
 cleanup() {
   "$dfkd" down --timeout 10 >/dev/null 2>&1 || true
   [ -n "$restarted_pid" ] && kill -9 "$restarted_pid" 2>/dev/null || true
   [ -n "$extra_worker" ] && kill -9 "$extra_worker" 2>/dev/null || true
+  [ -n "$gang_worker" ] && kill -9 "$gang_worker" 2>/dev/null || true
   rm -rf "$DFKD_HOME"
 }
 trap cleanup EXIT
@@ -221,4 +225,29 @@ import json,sys; d=json.load(sys.stdin)
 assert all(r['state']=='succeeded' for r in d), [(r['id'], r['state']) for r in d]
 assert all(r['attempt'] <= 1 for r in d), [(r['id'], r['attempt']) for r in d]
 print('campaign 5: %d runs succeeded, none run twice' % len(d))" || fail "campaign 5 runs"
+
+step "6. dist.world_size 2: a gang of two workers trains each distill run"
+# Steps 3 and 4b took two workers away; a fourth makes two again.
+"$build/bin/dfkd-worker" --scheduler "$(python3 -c "import json; print(json.load(open('$DFKD_HOME/cluster.json'))['scheduler_addr'])")" \
+  --token-file "$DFKD_HOME/tokens/worker" --name local-4 --threads 1 >>"$DFKD_HOME/logs/worker-4.log" 2>&1 &
+gang_worker=$!
+python3 - "$src/tests/configs/campaigns/instant_campaign.json" "$work/gang.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["name"] = "gang"
+c["seeds"] = [31]
+c["base"]["dist"] = {"world_size": 2}
+json.dump(c, open(sys.argv[2], "w"))
+PY
+"$dfkd" submit "$work/gang.json" --wait >"$work/gang.out" || { cat "$work/gang.out"; fail "gang campaign"; }
+"$dfkd" ls runs --campaign 6 --output json | python3 -c "
+import json, os, sys
+d = json.load(sys.stdin)
+assert all(r['state'] == 'succeeded' for r in d), [(r['id'], r['state']) for r in d]
+gangs = [r for r in d if r['kind'] == 'distill']
+assert len(gangs) == 2 and all(r['world_size'] == 2 for r in gangs), [(r['id'], r['world_size']) for r in d]
+for r in gangs:
+    res = r['result'] if isinstance(r['result'], dict) else json.loads(r['result'])
+    assert res['world_size'] == 2, (r['id'], res.get('world_size'))
+print('campaign 6: %d distill runs each trained by a gang of 2 ranks' % len(gangs))" || fail "campaign 6 runs"
 echo "PASS"
