@@ -394,9 +394,8 @@ TEST_F(DataReadersTest, FashionMnistCountMismatch) {
 TEST(FashionMnistTest, RealDataSet) {
   const std::string test_images =
       std::string(kFashionMnistDefaultRoot) + "/t10k-images-idx3-ubyte.gz";
-  if (!fs::exists(test_images)) {
-    GTEST_SKIP() << test_images << " is absent: Fashion-MNIST not installed";
-  }
+  ASSERT_TRUE(fs::exists(test_images))
+      << test_images << " is absent: install dataset-fashion-mnist (scripts/install-deps.sh)";
   for (bool train : {false, true}) {
     const int64_t n = train ? 60000 : 10000;
     TensorDataset ds = LoadFashionMnist(kFashionMnistDefaultRoot, train);

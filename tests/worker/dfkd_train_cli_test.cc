@@ -72,7 +72,7 @@ TEST(DfkdTrainCliTest, MissingDataFileIsNamed) {
 }
 
 TEST(DfkdTrainCliTest, InstantSpecRunsThenResumesAsDone) {
-  if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  ASSERT_TRUE(HaveFashionMnist()) << "dataset-fashion-mnist is not installed";
   dfkd::testing::TempDir dir;
   std::string spec = Source("tests/configs/instant/teacher_fashion_mnist.json");
   ExecResult first = Exec(Binary() + " " + spec + " -o " + dir.File("out") +
@@ -157,7 +157,7 @@ ExecResult RunUntilThenSignal(const std::vector<std::string>& args,
 }
 
 TEST(DfkdTrainCliTest, SigtermCheckpointsAndTheSameCommandResumes) {
-  if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  ASSERT_TRUE(HaveFashionMnist()) << "dataset-fashion-mnist is not installed";
   dfkd::testing::TempDir dir;
   // 16 steps an epoch, 100 epochs: far longer than the test lets it run.
   std::ofstream(dir.File("long.json"))
@@ -180,7 +180,7 @@ TEST(DfkdTrainCliTest, SigtermCheckpointsAndTheSameCommandResumes) {
 }
 
 TEST(DfkdTrainCliTest, DistillWithKdciFromATeacherRun) {
-  if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  ASSERT_TRUE(HaveFashionMnist()) << "dataset-fashion-mnist is not installed";
   dfkd::testing::TempDir dir;
   ExecResult teacher = Exec(Binary() + " -q " +
                             Source("tests/configs/instant/teacher_fashion_mnist.json") +
@@ -291,7 +291,7 @@ TEST(DfkdTrainCliTest, DistWorldSizeInTheSpecLaunchesTheRanks) {
 }
 
 TEST(DfkdTrainCliTest, NprocTwoTrainsDataParallel) {
-  if (!HaveFashionMnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  ASSERT_TRUE(HaveFashionMnist()) << "dataset-fashion-mnist is not installed";
   dfkd::testing::TempDir dir;
   ExecResult r = Exec(Binary() + " -q " +
                       Source("tests/configs/instant/teacher_fashion_mnist.json") + " -o " +

@@ -99,7 +99,8 @@ int ChildMain() {
                           {"end", bank.range().end},
                           {"parameter_bytes", memory.parameter_bytes},
                           {"parameters_per_class", memory.parameters_per_class},
-                          {"student_parameters", static_cast<int64_t>(student->parameters().size())}}
+                          {"student_parameters",
+                           static_cast<int64_t>(student->parameters().size())}}
                .dump();
   } catch (const std::exception& e) {
     std::cerr << "CHILD ERROR: " << e.what() << "\n";
