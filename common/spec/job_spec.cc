@@ -117,6 +117,36 @@ class ObjectReader {
 
 constexpr int64_t kBig = int64_t{1} << 40;
 
+// Every distill method and its reference defaults, in one place: the name
+// list distill.method accepts and the Default* functions read this table.
+struct MethodTraits {
+  const char* name;
+  int64_t kd_steps;     // student steps per synthesis round (DefaultKdSteps)
+  double temperature;   // KD temperature (DefaultTemperature)
+  int64_t prototypes;   // KDCI's N (DefaultKdciPrototypes: §4.3 "Confounder setup")
+  bool uses_pool;       // reads distill.pool (MethodUsesPool)
+};
+constexpr MethodTraits kMethods[] = {
+    {"noise", 400, 20.0, 8, false},     {"dafl", 5, 20.0, 8, false},
+    {"deepinv", 400, 20.0, 32, false},  {"fast", 400, 20.0, 8, false},
+    {"cmi", 400, 20.0, 32, false},      {"class_bank", 400, 20.0, 8, false},
+    {"mosaickd", 5, 1.0, 128, true},    {"dfnd", 400, 4.0, 128, true},
+};
+
+// An unknown name (already reported by the parser) gets noise's defaults.
+const MethodTraits& TraitsOf(const std::string& method) {
+  for (const MethodTraits& t : kMethods) {
+    if (method == t.name) return t;
+  }
+  return kMethods[0];
+}
+
+std::vector<std::string> MethodNames() {
+  std::vector<std::string> names;
+  for (const MethodTraits& t : kMethods) names.emplace_back(t.name);
+  return names;
+}
+
 void ReadData(ObjectReader& r, DataSpec* d) {
   r.Enum("dataset", &d->dataset,
          {"fashion_mnist", "cifar10", "cifar100", "image_folder"});
@@ -220,8 +250,7 @@ void ReadTeacher(ObjectReader& r, TeacherSpec* t) {
 void ReadDistill(ObjectReader& r, DistillSpec* d) {
   if (!r.Has("teacher")) r.Error(r.Path("teacher"), "required");
   r.Object("teacher", [&](ObjectReader& c) { ReadTeacher(c, &d->teacher); });
-  r.Enum("method", &d->method,
-         {"noise", "dafl", "deepinv", "fast", "cmi", "class_bank", "mosaickd", "dfnd"});
+  r.Enum("method", &d->method, MethodNames());
   d->temperature = DefaultTemperature(d->method);
   r.Number("temperature", &d->temperature, 1e-3, 1000.0);
   r.Int("steps_per_epoch", &d->steps_per_epoch, 1, kBig);
@@ -387,25 +416,13 @@ void ReadRuntime(ObjectReader& r, RuntimeSpec* rt) {
 
 }  // namespace
 
-int64_t DefaultKdSteps(const std::string& method) {
-  return method == "dafl" || method == "mosaickd" ? 5 : 400;
-}
+int64_t DefaultKdSteps(const std::string& method) { return TraitsOf(method).kd_steps; }
 
-double DefaultTemperature(const std::string& method) {
-  if (method == "mosaickd") return 1.0;
-  if (method == "dfnd") return 4.0;
-  return 20.0;
-}
+double DefaultTemperature(const std::string& method) { return TraitsOf(method).temperature; }
 
-bool MethodUsesPool(const std::string& method) {
-  return method == "mosaickd" || method == "dfnd";
-}
+bool MethodUsesPool(const std::string& method) { return TraitsOf(method).uses_pool; }
 
-int64_t DefaultKdciPrototypes(const std::string& method) {
-  if (method == "deepinv" || method == "cmi") return 32;
-  if (method == "mosaickd" || method == "dfnd") return 128;
-  return 8;  // dafl, fast, noise
-}
+int64_t DefaultKdciPrototypes(const std::string& method) { return TraitsOf(method).prototypes; }
 
 const char* JobKindName(JobKind kind) {
   switch (kind) {

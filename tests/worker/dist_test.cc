@@ -2,7 +2,6 @@
 // re-executes itself as each rank (DFKD_DIST_CHILD=1), so no LibTorch state
 // crosses a fork.
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -14,6 +13,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "tests/testing/rank_launcher.h"
 #include "tests/testing/temp_dir.h"
 #include "worker/dist/c10d_communicator.h"
 #include "worker/engine/checkpoint.h"
@@ -123,41 +123,13 @@ int ChildMain() {
   return 0;
 }
 
-struct Child {
-  pid_t pid;
-  std::string log;
-};
-
 std::vector<int> RunRanks(const std::string& out, int world, const std::string& die_at,
                           std::vector<std::string>* logs, bool plain_model = false) {
-  const int port = FindFreePort();
-  std::vector<pid_t> pids;
-  for (int r = 0; r < world; ++r) {
-    const std::string log = out + "/log" + std::to_string(r) + ".txt";
-    pid_t pid = fork();
-    if (pid == 0) {
-      setenv("DFKD_DIST_CHILD", "1", 1);
-      setenv("RANK", std::to_string(r).c_str(), 1);
-      setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
-      setenv("MASTER_ADDR", "127.0.0.1", 1);
-      setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-      setenv("DFKD_OUT", out.c_str(), 1);
-      if (!die_at.empty()) setenv("DFKD_DIE_AT_STEP", die_at.c_str(), 1);
-      if (plain_model) setenv("DFKD_PLAIN_MODEL", "1", 1);
-      freopen(log.c_str(), "w", stderr);
-      execl("/proc/self/exe", "dist_test", static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    pids.push_back(pid);
-    logs->push_back(log);
-  }
-  std::vector<int> codes;
-  for (pid_t p : pids) {
-    int status = 0;
-    waitpid(p, &status, 0);
-    codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-  }
-  return codes;
+  std::vector<std::pair<std::string, std::string>> env;
+  if (!die_at.empty()) env.emplace_back("DFKD_DIE_AT_STEP", die_at);
+  if (plain_model) env.emplace_back("DFKD_PLAIN_MODEL", "1");
+  for (int r = 0; r < world; ++r) logs->push_back(testing::RankLog(out, r));
+  return testing::LaunchRankProcesses(out, world, env);
 }
 
 std::string Slurp(const std::string& path) {

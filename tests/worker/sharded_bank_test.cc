@@ -4,8 +4,6 @@
 // every rank, each rank checkpoints its own shard, and a run resumed with the
 // same world size continues exactly as an uninterrupted one. A resume with
 // another world size is refused (a missing shard is named by LoadShard).
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -19,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "tests/testing/rank_launcher.h"
 #include "tests/testing/temp_dir.h"
 #include "tests/testing/tiny_task.h"
 #include "worker/dist/c10d_communicator.h"
@@ -117,31 +116,7 @@ std::string Slurp(const std::string& path) {
 // Starts `world` ranks writing to `out`; returns their exit codes.
 std::vector<int> LaunchRanks(const std::string& out, int world, int64_t stop_at) {
   std::filesystem::create_directories(out);
-  const int port = FindFreePort();
-  std::vector<pid_t> pids;
-  for (int r = 0; r < world; ++r) {
-    pid_t pid = fork();
-    if (pid == 0) {
-      setenv("DFKD_DIST_CHILD", "1", 1);
-      setenv("RANK", std::to_string(r).c_str(), 1);
-      setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
-      setenv("MASTER_ADDR", "127.0.0.1", 1);
-      setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-      setenv("DFKD_OUT", out.c_str(), 1);
-      setenv("DFKD_STOP_AT", std::to_string(stop_at).c_str(), 1);
-      if (!freopen((out + "/log" + std::to_string(r) + ".txt").c_str(), "a", stderr)) _exit(126);
-      execl("/proc/self/exe", "sharded_bank_test", static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    pids.push_back(pid);
-  }
-  std::vector<int> codes;
-  for (pid_t p : pids) {
-    int status = 0;
-    waitpid(p, &status, 0);
-    codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-  }
-  return codes;
+  return testing::LaunchRankProcesses(out, world, {{"DFKD_STOP_AT", std::to_string(stop_at)}});
 }
 
 nlohmann::json Facts(const std::string& out, int rank) {

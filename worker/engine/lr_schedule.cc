@@ -1,5 +1,6 @@
 #include "worker/engine/lr_schedule.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace dfkd::worker {
@@ -19,6 +20,11 @@ double LearningRateAt(const common::OptimSpec& o, int64_t step,
     lr *= static_cast<double>(step + 1) / o.warmup_steps;
   }
   return lr;
+}
+
+int64_t PlannedSteps(const common::TrainSpec& train, int64_t steps_per_epoch) {
+  const int64_t planned = train.epochs * steps_per_epoch;
+  return train.max_steps > 0 ? std::min(planned, train.max_steps) : planned;
 }
 
 }  // namespace dfkd::worker

@@ -17,6 +17,9 @@ namespace dfkd::worker {
 double LearningRateAt(const common::OptimSpec& optim, int64_t step,
                       int64_t total_steps);
 
+// The steps of a whole run: epochs x steps_per_epoch, capped by max_steps.
+int64_t PlannedSteps(const common::TrainSpec& train, int64_t steps_per_epoch);
+
 }  // namespace dfkd::worker
 
 #endif  // DFKD_WORKER_ENGINE_LR_SCHEDULE_H_

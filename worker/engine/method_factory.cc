@@ -7,6 +7,7 @@
 #include "worker/kdci/kdci_method.h"
 #include "worker/data/transforms.h"
 #include "worker/data/unlabeled_pool.h"
+#include "worker/engine/lr_schedule.h"
 #include "worker/methods/class_bank_method.h"
 #include "worker/methods/cmi.h"
 #include "worker/methods/dafl.h"
@@ -38,12 +39,6 @@ Normalization PoolNormalization(const std::string& mode, const MethodDeps& deps)
     return {std::vector<float>(c, 0.5f), std::vector<float>(c, 0.5f)};
   }
   return deps.norm;
-}
-
-// The whole run's student steps (train.max_steps caps epochs x steps).
-int64_t TotalSteps(const common::JobSpec& spec) {
-  const int64_t planned = spec.train.epochs * spec.distill.steps_per_epoch;
-  return spec.train.max_steps > 0 ? std::min(planned, spec.train.max_steps) : planned;
 }
 
 }  // namespace
@@ -161,7 +156,8 @@ std::unique_ptr<Method> MakeMethod(const common::JobSpec& spec, const MethodDeps
     const common::MosaicKdSpec& a = d.mosaickd;
     torch::Tensor pool = LoadUnlabeledPool(d.pool.path, deps.image_shape,
                                            std::max<int64_t>(1, a.ood_subset));
-    const int64_t rounds = (TotalSteps(spec) + d.kd_steps - 1) / d.kd_steps;
+    const int64_t rounds =
+        (PlannedSteps(spec.train, d.steps_per_epoch) + d.kd_steps - 1) / d.kd_steps;
     method = std::make_unique<MosaicKd>(MosaicKdOptions()
                                             .temperature(d.temperature)
                                             .nz(a.nz)

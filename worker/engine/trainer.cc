@@ -32,9 +32,7 @@ Trainer::Trainer(common::JobSpec spec, Classifier model, const JobData& data,
       source_(source), out_dir_(std::move(out_dir)) {}
 
 int64_t Trainer::total_steps() const {
-  int64_t total = spec_.train.epochs * source_.steps_per_epoch();
-  if (spec_.train.max_steps > 0) total = std::min(total, spec_.train.max_steps);
-  return total;
+  return PlannedSteps(spec_.train, source_.steps_per_epoch());
 }
 
 RunOutcome Trainer::Run(const RunControl& control) {
