@@ -88,13 +88,6 @@ int64_t PgStore::RegisterWorker(const std::string& name, const api::Capabilities
   });
 }
 
-// One round trip: dfkd_lease() (migrations/0002_lease_function.sql) does
-// the three steps in PL/pgSQL:
-// 1. a worker holding a slot of a forming gang stays in it (nullopt);
-// 2. a worker whose gang formed since its last call gets its rank;
-// 3. otherwise claim one queued run (preferred ids first, then priority, id)
-//    FOR NO KEY UPDATE SKIP LOCKED: W=1 is leased at once; W>1 adds a slot
-//    and, with the W-th slot, turns all slots into W attempt rows.
 namespace {
 
 // The assignment in a dfkd_lease() row: the run's spec with the teacher's
@@ -127,9 +120,10 @@ api::Assignment AssignmentFromRow(const pqxx::row& row, const StoreOptions& opti
 
 }  // namespace
 
-// One round trip: dfkd_lease() (migrations/0002_lease_function.sql) does
+// One round trip: dfkd_lease() (migrations/0003_gang_convergence.sql) does
 // the three steps in PL/pgSQL:
-// 1. a worker holding a slot of a forming gang stays in it (nullopt);
+// 1. a worker holding a slot of a forming gang stays in it (nullopt), or
+//    moves to a forming gang closer to completion;
 // 2. a worker whose gang formed since its last call gets its rank;
 // 3. otherwise claim one queued run (preferred ids first, then priority, id)
 //    FOR NO KEY UPDATE SKIP LOCKED: W=1 is leased at once; W>1 adds a slot

@@ -239,7 +239,10 @@ c["seeds"] = [31]
 c["base"]["dist"] = {"world_size": 2}
 json.dump(c, open(sys.argv[2], "w"))
 PY
-"$dfkd" submit "$work/gang.json" --wait >"$work/gang.out" || { cat "$work/gang.out"; fail "gang campaign"; }
+# Bounded, so a gang that never forms fails here with the logs, not at
+# ctest's timeout.
+timeout 300 "$dfkd" submit "$work/gang.json" --wait >"$work/gang.out" \
+  || { cat "$work/gang.out"; "$dfkd" ls runs --campaign 6 || true; fail "gang campaign did not finish within 300 s"; }
 "$dfkd" ls runs --campaign 6 --output json | python3 -c "
 import json, os, sys
 d = json.load(sys.stdin)

@@ -449,6 +449,58 @@ TEST_F(StoreTest, GangIsLeasedAllOrNothing) {
   EXPECT_FALSE(store().TryLease(w1, "host-1", 1111, {}));   // delivered once
 }
 
+// Two workers that started two different W=2 gangs (here fair share points
+// them at different runs; overlapping lease transactions do the same) must
+// not wait on each other forever: the one outside the best forming gang
+// moves into it and completes it.
+TEST_F(StoreTest, SplitGangsConvergeIntoOne) {
+  store().SubmitCampaign("alice", ScratchCampaign("gangs", 2, 3, /*world_size=*/2), false);
+  const std::vector<int64_t> ids = {
+      SqlInt("SELECT min(id) FROM runs"), SqlInt("SELECT max(id) FROM runs")};
+  const int64_t w1 = Worker("w1"), w2 = Worker("w2");
+  EXPECT_FALSE(store().TryLease(w1, "host-1", 1111, {ids[0]}));
+  EXPECT_FALSE(store().TryLease(w2, "host-2", 2222, {ids[1]}));
+  EXPECT_EQ(SqlInt("SELECT count(DISTINCT run_id) FROM gang_slots"), 2);
+
+  // w1 holds the best gang (same free ranks, older run): it stays.
+  EXPECT_FALSE(store().TryLease(w1, "host-1", 1111, {ids[0]}));
+  // w2 leaves the newer run and completes the older one as rank 1.
+  const api::Assignment a2 = Lease(w2, "host-2", 2222);
+  EXPECT_EQ(a2.run_id(), ids[0]);
+  EXPECT_EQ(a2.rank(), 1);
+  EXPECT_EQ(a2.master_addr(), "host-1");
+  EXPECT_EQ(a2.master_port(), 1111);
+  const api::Assignment a1 = Lease(w1, "host-1", 1111);
+  EXPECT_EQ(a1.run_id(), ids[0]);
+  EXPECT_EQ(a1.rank(), 0);
+  EXPECT_EQ(SqlInt("SELECT count(*) FROM gang_slots"), 0);
+  EXPECT_EQ(store().GetRun(ids[1]).state(), api::RUN_STATE_QUEUED);
+  EXPECT_EQ(store().GetRun(ids[1]).attempt(), 0);
+}
+
+// A gang closer to completion wins over an older one with more free ranks.
+TEST_F(StoreTest, WorkersMoveToTheGangClosestToForming) {
+  common::ExpandedCampaign wide = ScratchCampaign("wide", 1, 3, /*world_size=*/3);
+  common::ExpandedCampaign narrow = ScratchCampaign("narrow", 1, 3, /*world_size=*/2);
+  store().SubmitCampaign("alice", wide, false);
+  store().SubmitCampaign("alice", narrow, false);
+  const int64_t wide_id = SqlInt("SELECT min(id) FROM runs");
+  const int64_t narrow_id = SqlInt("SELECT max(id) FROM runs");
+  const int64_t w1 = Worker("w1"), w2 = Worker("w2"), w3 = Worker("w3");
+  EXPECT_FALSE(store().TryLease(w1, "h1", 1, {wide_id}));     // wide: 1 of 3
+  EXPECT_FALSE(store().TryLease(w2, "h2", 2, {narrow_id}));   // narrow: 1 of 2
+  // w1's gang has two free ranks, narrow has one: w1 moves and forms it.
+  const api::Assignment a1 = Lease(w1, "h1", 1);
+  EXPECT_EQ(a1.run_id(), narrow_id);
+  EXPECT_EQ(a1.rank(), 1);
+  EXPECT_EQ(Lease(w2, "h2", 2).rank(), 0);
+  // The wide run is queued again with no slots; w3 starts it afresh.
+  EXPECT_EQ(SqlInt("SELECT count(*) FROM gang_slots"), 0);
+  EXPECT_FALSE(store().TryLease(w3, "h3", 3, {}));
+  EXPECT_EQ(SqlInt("SELECT run_id FROM gang_slots WHERE worker_id = " + std::to_string(w3)),
+            wide_id);
+}
+
 TEST_F(StoreTest, LostGangRankRequeuesTheWholeGang) {
   store().SubmitCampaign("alice", ScratchCampaign("gang", 1, 3, /*world_size=*/3), false);
   const std::vector<api::Assignment> gang = FormGang();
