@@ -15,6 +15,7 @@
 #include "common/spec/job_spec.h"
 #include "worker/engine/job_runner.h"
 #include "worker/dist/c10d_communicator.h"
+#include "worker/engine/device.h"
 #include "worker/engine/runtime.h"
 
 namespace {
@@ -166,17 +167,22 @@ int main(int argc, char** argv) {
   if (app.count("--nproc") == 0 && !in_group && spec.dist.world_size > 1) {
     nproc = static_cast<int>(spec.dist.world_size);
   }
+  // A device that is not here is a bad spec (exit 2), found before any rank
+  // starts: with N local ranks on cuda, rank N-1 needs GPU N-1.
+  try {
+    const int64_t local_rank =
+        nproc > 1 && !in_group ? nproc - 1 : dfkd::worker::LocalRankFromEnv();
+    dfkd::worker::ResolveDevice(spec.runtime.device, local_rank);
+    if (spec.dist.backend == "nccl" && !dfkd::worker::NcclCompiledIn()) {
+      throw std::invalid_argument(
+          "dist.backend: nccl is not available in this build (configure with "
+          "-DDFKD_ENABLE_CUDA=ON against a CUDA LibTorch; tests/gpu/run.sh does)");
+    }
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "dfkd-train: " << e.what() << "\n";
+    return kExitBadSpec;
+  }
   if (nproc > 1 && !in_group) return Launch(nproc, argc, argv, threads >= 0);
-  if (spec.runtime.device != "cpu") {
-    std::cerr << "dfkd-train: runtime.device: " << spec.runtime.device
-              << " is not supported by this engine yet (it trains on the CPU only)\n";
-    return kExitBadSpec;
-  }
-  if (spec.dist.backend == "nccl") {
-    std::cerr << "dfkd-train: dist.backend: nccl is not available in this build "
-                 "(configure with -DDFKD_ENABLE_CUDA=ON against a CUDA LibTorch)\n";
-    return kExitBadSpec;
-  }
   if (out_dir.empty()) {
     out_dir = (std::filesystem::path("runs") /
                std::filesystem::path(spec_path).stem()).string();
@@ -202,7 +208,9 @@ int main(int argc, char** argv) {
     // said otherwise; record what actually ran.
     spec.dist.world_size = rdv.world_size;
     if (rdv.world_size > 1) {
-      comm = dfkd::worker::MakeGlooCommunicator(rdv);
+      const torch::Device device = dfkd::worker::ResolveDevice(
+          spec.runtime.device, dfkd::worker::LocalRankFromEnv());
+      comm = dfkd::worker::MakeCommunicator(rdv, spec.dist.backend, device);
       root = comm->is_root();
     }
   } catch (const std::exception& e) {

@@ -280,14 +280,18 @@ TEST(DfkdTrainCliTest, DistWorldSizeInTheSpecLaunchesTheRanks) {
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("dist.backend: nccl needs runtime.device \"cuda\""), std::string::npos)
       << r.output;
-  // The engine trains on the CPU only: a CUDA spec is refused, not run on the CPU.
+  // Without a GPU (a CPU LibTorch here) a CUDA spec is refused before any
+  // rank starts, not run on the CPU.
   spec["runtime"] = {{"device", "cuda"}};
+  spec["dist"] = {{"world_size", 2}, {"backend", "gloo"}};
   std::ofstream(dir.File("cuda.json")) << spec.dump();
   r = Exec(Binary() + " -q " + dir.File("cuda.json") + " -o " + dir.File("cuda"));
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("runtime.device: cuda is not supported by this engine yet"),
+  EXPECT_NE(r.output.find("runtime.device: cuda, but this engine was built against a CPU "
+                          "LibTorch"),
             std::string::npos)
       << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir.File("cuda"))) << "no rank may have started";
 }
 
 TEST(DfkdTrainCliTest, NprocTwoTrainsDataParallel) {

@@ -213,6 +213,47 @@ class FakeClassifierImpl : public ClassifierImpl {
   int64_t classes_, constant_;
 };
 
+// Weights are written as CPU tensors in Module::save's layout and read by
+// copying into the module's own tensors (so they load on any device and
+// optimizers keep their tensors); a wrong shape names the tensor.
+TEST(ModuleStateTest, RoundTripCopiesIntoTheSameTensorsAndNamesAWrongShape) {
+  dfkd::testing::TempDir dir;
+  torch::manual_seed(1);
+  torch::nn::Sequential a(torch::nn::Linear(3, 4), torch::nn::BatchNorm1d(4));
+  a->ptr(1)->as<torch::nn::BatchNorm1d>()->running_mean.fill_(0.5);
+  SaveWeights(dir.File("w.pt"), *a);
+  // Stock LibTorch reads the file too: the layout is Module::save's.
+  torch::nn::Sequential stock(torch::nn::Linear(3, 4), torch::nn::BatchNorm1d(4));
+  torch::serialize::InputArchive archive;
+  archive.load_from(dir.File("w.pt"));
+  stock->load(archive);
+
+  torch::manual_seed(2);
+  torch::nn::Sequential b(torch::nn::Linear(3, 4), torch::nn::BatchNorm1d(4));
+  const torch::Tensor weight = b->parameters()[0];
+  const void* storage = weight.data_ptr();
+  LoadWeights(dir.File("w.pt"), *b);
+  EXPECT_EQ(b->parameters()[0].data_ptr(), storage) << "copied into, not replaced";
+  for (size_t i = 0; i < a->parameters().size(); ++i) {
+    EXPECT_TRUE(torch::equal(a->parameters()[i], b->parameters()[i])) << i;
+    EXPECT_TRUE(torch::equal(a->parameters()[i], stock->parameters()[i])) << i;
+  }
+  for (size_t i = 0; i < a->buffers().size(); ++i) {
+    EXPECT_TRUE(torch::equal(a->buffers()[i], b->buffers()[i])) << i;
+  }
+
+  torch::nn::Sequential wide(torch::nn::Linear(3, 5), torch::nn::BatchNorm1d(5));
+  try {
+    LoadWeights(dir.File("w.pt"), *wide);
+    ADD_FAILURE() << "a [4, 3] weight loaded into a [5, 3] one";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("parameter 0.weight: saved shape [4, 3], model shape "
+                                         "[5, 3]"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(EvaluatorTest, TopOneAndPerClass) {
   torch::Tensor labels = torch::tensor({0, 1, 2, 0, 1, 2, 0}, torch::kInt64);
   torch::Tensor images = labels.to(torch::kUInt8).view({7, 1, 1, 1});

@@ -8,60 +8,94 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include <optional>
+
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef DFKD_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include "worker/dist/torch_compat.h"
 
 namespace dfkd::worker {
 namespace {
 
-class GlooCommunicator final : public Communicator {
+using compat::C10dBackend;
+using compat::C10dWork;
+
+// Any c10d backend. With `staging` set (NCCL), tensors not on that device
+// take part through a copy there, written back once the collective is done.
+class C10dCommunicator final : public Communicator {
  public:
-  GlooCommunicator(c10::intrusive_ptr<c10d::Store> store,
-                   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg, int64_t rank, int64_t size)
-      : store_(std::move(store)), pg_(std::move(pg)), rank_(rank), size_(size) {}
+  C10dCommunicator(c10::intrusive_ptr<c10d::Store> store, c10::intrusive_ptr<C10dBackend> pg,
+                   int64_t rank, int64_t size, std::optional<torch::Device> staging)
+      : store_(std::move(store)), pg_(std::move(pg)), rank_(rank), size_(size),
+        staging_(staging) {}
   int64_t rank() const override { return rank_; }
   int64_t size() const override { return size_; }
   void AllReduceSum(std::vector<torch::Tensor>& tensors) override {
-    for (auto& t : tensors) {
-      std::vector<torch::Tensor> one{t};
-      Wait(pg_->allreduce(one), "all-reduce");
-    }
+    AllReduceSumAsync(tensors)->Wait();
   }
   std::unique_ptr<PendingCollective> AllReduceSumAsync(
       std::vector<torch::Tensor>& tensors) override {
     // One collective per tensor: Gloo sums a vector of inputs together.
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    auto pending = std::make_unique<Pending>(this);
     for (auto& t : tensors) {
-      std::vector<torch::Tensor> one{t};
-      works.push_back(pg_->allreduce(one));
+      std::vector<torch::Tensor> one{Staged(t)};
+      pending->Add(pg_->allreduce(one), t, one[0]);
     }
-    return std::make_unique<GlooPending>(std::move(works), this);
+    return pending;
   }
   void Broadcast(std::vector<torch::Tensor>& tensors, int64_t root) override {
     c10d::BroadcastOptions o;
     o.rootRank = root;
     for (auto& t : tensors) {
-      std::vector<torch::Tensor> one{t};
+      std::vector<torch::Tensor> one{Staged(t)};
       Wait(pg_->broadcast(one, o), "broadcast");
+      if (!one[0].is_same(t)) t.copy_(one[0]);
     }
   }
-  void Barrier() override { Wait(pg_->barrier(), "barrier"); }
+  void Barrier() override {
+    if (staging_) {
+      // NCCL's barrier guesses the GPU from the rank; a one-element
+      // all-reduce on this rank's GPU says the same without guessing.
+      std::vector<torch::Tensor> one{torch::zeros({1}, torch::TensorOptions(*staging_))};
+      Wait(pg_->allreduce(one), "barrier");
+      one[0].cpu();  // waits for the GPU too
+      return;
+    }
+    Wait(pg_->barrier(), "barrier");
+  }
 
  private:
-  class GlooPending final : public PendingCollective {
+  class Pending final : public PendingCollective {
    public:
-    GlooPending(std::vector<c10::intrusive_ptr<c10d::Work>> works, GlooCommunicator* owner)
-        : works_(std::move(works)), owner_(owner) {}
+    explicit Pending(C10dCommunicator* owner) : owner_(owner) {}
+    void Add(c10::intrusive_ptr<C10dWork> work, torch::Tensor target, torch::Tensor staged) {
+      works_.push_back(std::move(work));
+      targets_.push_back(std::move(target));
+      staged_.push_back(std::move(staged));
+    }
     void Wait() override {
-      for (const auto& w : works_) owner_->Wait(w, "all-reduce");
+      for (size_t i = 0; i < works_.size(); ++i) {
+        owner_->Wait(works_[i], "all-reduce");
+        if (!staged_[i].is_same(targets_[i])) targets_[i].copy_(staged_[i]);
+      }
     }
 
    private:
-    std::vector<c10::intrusive_ptr<c10d::Work>> works_;
-    GlooCommunicator* owner_;
+    C10dCommunicator* owner_;
+    std::vector<c10::intrusive_ptr<C10dWork>> works_;
+    std::vector<torch::Tensor> targets_, staged_;
   };
 
-  void Wait(const c10::intrusive_ptr<c10d::Work>& work, const char* what) {
+  torch::Tensor Staged(const torch::Tensor& t) const {
+    if (!staging_ || t.device() == *staging_) return t;
+    return t.to(*staging_);
+  }
+
+  void Wait(const c10::intrusive_ptr<C10dWork>& work, const char* what) {
     try {
       work->wait();
     } catch (const std::exception& e) {
@@ -71,8 +105,9 @@ class GlooCommunicator final : public Communicator {
     }
   }
   c10::intrusive_ptr<c10d::Store> store_;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+  c10::intrusive_ptr<C10dBackend> pg_;
   int64_t rank_, size_;
+  std::optional<torch::Device> staging_;
 };
 
 int64_t EnvInt(const char* name, int64_t fallback) {
@@ -103,20 +138,27 @@ RendezvousOptions RendezvousFromEnv() {
   return o;
 }
 
-std::unique_ptr<Communicator> MakeGlooCommunicator(const RendezvousOptions& r) {
+namespace {
+
+c10::intrusive_ptr<c10d::Store> Rendezvous(const RendezvousOptions& r) {
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(r.port);
   so.isServer = r.rank == 0;
   so.numWorkers = static_cast<int>(r.world_size);
   so.timeout = r.timeout;
-  c10::intrusive_ptr<c10d::Store> store;
   try {
-    store = c10::make_intrusive<c10d::TCPStore>(r.master_addr, so);
+    return c10::make_intrusive<c10d::TCPStore>(r.master_addr, so);
   } catch (const std::exception& e) {
     throw std::runtime_error("rank " + std::to_string(r.rank) + ": rendezvous at " +
                              r.master_addr + ":" + std::to_string(r.port) +
                              " failed: " + e.what());
   }
+}
+
+}  // namespace
+
+std::unique_ptr<Communicator> MakeGlooCommunicator(const RendezvousOptions& r) {
+  c10::intrusive_ptr<c10d::Store> store = Rendezvous(r);
   auto opts = c10d::ProcessGroupGloo::Options::create(r.timeout);
   const bool loopback = r.master_addr == "localhost" || r.master_addr.rfind("127.", 0) == 0;
   const std::string local = !r.local_addr.empty() ? r.local_addr : loopback ? "127.0.0.1" : "";
@@ -125,7 +167,39 @@ std::unique_ptr<Communicator> MakeGlooCommunicator(const RendezvousOptions& r) {
                               : c10d::ProcessGroupGloo::createDeviceForHostname(local));
   auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, static_cast<int>(r.rank),
                                                         static_cast<int>(r.world_size), opts);
-  return std::make_unique<GlooCommunicator>(store, pg, r.rank, r.world_size);
+  return std::make_unique<C10dCommunicator>(store, pg, r.rank, r.world_size, std::nullopt);
+}
+
+bool NcclCompiledIn() {
+#ifdef DFKD_WITH_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::unique_ptr<Communicator> MakeCommunicator(const RendezvousOptions& r,
+                                               const std::string& backend,
+                                               const torch::Device& device) {
+  if (backend == "gloo") return MakeGlooCommunicator(r);
+  if (backend != "nccl") {
+    throw std::invalid_argument("dist.backend: '" + backend + "' is not one of gloo, nccl");
+  }
+  if (!device.is_cuda()) {
+    throw std::invalid_argument("dist.backend: nccl needs runtime.device cuda");
+  }
+#ifdef DFKD_WITH_NCCL
+  c10::intrusive_ptr<c10d::Store> store = Rendezvous(r);
+  auto opts = c10d::ProcessGroupNCCL::Options::create();
+  opts->timeout = r.timeout;
+  auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, static_cast<int>(r.rank),
+                                                        static_cast<int>(r.world_size), opts);
+  return std::make_unique<C10dCommunicator>(store, pg, r.rank, r.world_size, device);
+#else
+  throw std::invalid_argument(
+      "dist.backend: nccl is not available in this build (configure with "
+      "-DDFKD_ENABLE_CUDA=ON against a CUDA LibTorch; tests/gpu/run.sh does)");
+#endif
 }
 
 int FindFreePort() {

@@ -1,10 +1,14 @@
-// A Communicator over c10d's ProcessGroupGloo (CPU), with rendezvous through
-// a TCPStore that rank 0 hosts. NCCL plugs in here when the engine is built
-// against a CUDA LibTorch (the distributed issue's GPU part).
+// A Communicator over a c10d process group, with rendezvous through a
+// TCPStore that rank 0 hosts: ProcessGroupGloo (dist.backend "gloo", CPU or
+// GPU tensors) or ProcessGroupNCCL ("nccl", only in a -DDFKD_ENABLE_CUDA
+// build against a CUDA LibTorch). NCCL sums CUDA tensors only: tensors that
+// live elsewhere (the trainer's stop flag, a CPU-side statistic) are staged
+// through the rank's GPU and copied back.
 //
-// Failure: every collective waits at most `timeout`; a peer that died makes
-// the survivors throw std::runtime_error naming this rank and the operation,
-// never hang.
+// Failure: every Gloo collective waits at most `timeout`; a peer that died
+// makes the survivors throw std::runtime_error naming this rank and the
+// operation, never hang. NCCL's own watchdog enforces the same timeout
+// (TORCH_NCCL_ASYNC_ERROR_HANDLING: the process aborts with NCCL's message).
 #ifndef DFKD_WORKER_DIST_C10D_COMMUNICATOR_H_
 #define DFKD_WORKER_DIST_C10D_COMMUNICATOR_H_
 
@@ -34,6 +38,15 @@ RendezvousOptions RendezvousFromEnv();
 
 // Joins the group; blocks until all ranks arrived or the timeout passed.
 std::unique_ptr<Communicator> MakeGlooCommunicator(const RendezvousOptions& options);
+
+// `backend` "gloo" or "nccl"; `device` is the rank's GPU for NCCL. Throws
+// std::invalid_argument naming dist.backend when NCCL is not compiled in.
+std::unique_ptr<Communicator> MakeCommunicator(const RendezvousOptions& options,
+                                               const std::string& backend,
+                                               const torch::Device& device);
+
+// Whether this build has ProcessGroupNCCL (a -DDFKD_ENABLE_CUDA build).
+bool NcclCompiledIn();
 
 // A TCP port that was free a moment ago on 127.0.0.1 (for local launches).
 int FindFreePort();

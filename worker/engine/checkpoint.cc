@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <sstream>
 #include <stdexcept>
 
 namespace dfkd::worker {
@@ -20,8 +21,45 @@ torch::Tensor StringTensor(const std::string& s) {
 }
 
 std::string TensorString(const torch::Tensor& t) {
-  return std::string(reinterpret_cast<const char*>(t.data_ptr<uint8_t>()),
-                     t.numel());
+  const torch::Tensor cpu = t.cpu();
+  return std::string(reinterpret_cast<const char*>(cpu.data_ptr<uint8_t>()), cpu.numel());
+}
+
+void LoadModuleStateAt(torch::serialize::InputArchive& archive, torch::nn::Module& module,
+                       const std::string& prefix) {
+  torch::NoGradGuard no_grad;
+  auto load = [&](const std::string& key, torch::Tensor& into, bool is_buffer) {
+    torch::Tensor saved;
+    archive.read(key, saved, is_buffer);
+    if (saved.sizes() != into.sizes()) {
+      std::ostringstream msg;
+      msg << (is_buffer ? "buffer " : "parameter ") << prefix << key << ": saved shape "
+          << saved.sizes() << ", model shape " << into.sizes();
+      throw std::runtime_error(msg.str());
+    }
+    into.copy_(saved);
+  };
+  for (auto& p : module.named_parameters(/*recurse=*/false)) load(p.key(), p.value(), false);
+  for (auto& b : module.named_buffers(/*recurse=*/false)) load(b.key(), b.value(), true);
+  for (const auto& child : module.named_children()) {
+    if (!child.value()->is_serializable()) continue;
+    torch::serialize::InputArchive sub;
+    archive.read(child.key(), sub);
+    LoadModuleStateAt(sub, *child.value(), prefix + child.key() + ".");
+  }
+}
+
+// Momentum buffers come back from a checkpoint on the CPU; they belong next
+// to their parameters.
+void MoveOptimizerState(torch::optim::Optimizer& optimizer, const torch::Device& device) {
+  if (device.is_cpu()) return;
+  for (auto& entry : optimizer.state()) {
+    if (auto* sgd = dynamic_cast<torch::optim::SGDParamState*>(entry.second.get())) {
+      if (sgd->momentum_buffer().defined()) {
+        sgd->momentum_buffer(sgd->momentum_buffer().to(device));
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -30,7 +68,7 @@ void SaveCheckpoint(const std::string& path, torch::nn::Module& model,
                     torch::optim::Optimizer& optimizer, const TrainState& state,
                     const SaveExtraFn& save_extra) {
   torch::serialize::OutputArchive root, m, o, extra;
-  model.save(m);
+  SaveModuleState(model, m);
   optimizer.save(o);
   root.write("model", m);
   root.write("optimizer", o);
@@ -52,7 +90,7 @@ bool LoadCheckpoint(const std::string& path, torch::nn::Module& model,
   if (!std::filesystem::exists(path)) return false;
   torch::serialize::InputArchive root, m, o, extra;
   try {
-    root.load_from(path);
+    root.load_from(path, torch::Device(torch::kCPU));
   } catch (const c10::Error& e) {
     throw std::runtime_error("checkpoint " + path + " is unreadable: " +
                              e.what_without_backtrace());
@@ -67,8 +105,10 @@ bool LoadCheckpoint(const std::string& path, torch::nn::Module& model,
   }
   root.read("model", m);
   root.read("optimizer", o);
-  model.load(m);
+  LoadModuleState(m, model);
   optimizer.load(o);
+  const std::vector<torch::Tensor> params = model.parameters();
+  if (!params.empty()) MoveOptimizerState(optimizer, params.front().device());
   if (load_extra) {
     if (!root.try_read("extra", extra)) {
       throw std::runtime_error("checkpoint " + path +
@@ -113,7 +153,7 @@ void LoadShard(const std::string& checkpoint_path, int64_t rank, int64_t step,
   }
   torch::serialize::InputArchive root, extra;
   try {
-    root.load_from(path);
+    root.load_from(path, torch::Device(torch::kCPU));
   } catch (const c10::Error& e) {
     throw std::runtime_error("checkpoint shard " + path + " is unreadable: " +
                              e.what_without_backtrace());
@@ -136,9 +176,28 @@ void RemoveStaleShards(const std::string& checkpoint_path, int64_t rank, int64_t
   }
 }
 
+void SaveModuleState(torch::nn::Module& module, torch::serialize::OutputArchive& archive) {
+  for (const auto& p : module.named_parameters(/*recurse=*/false)) {
+    archive.write(p.key(), p.value().detach().cpu());
+  }
+  for (const auto& b : module.named_buffers(/*recurse=*/false)) {
+    archive.write(b.key(), b.value().cpu(), /*is_buffer=*/true);
+  }
+  for (const auto& child : module.named_children()) {
+    if (!child.value()->is_serializable()) continue;
+    torch::serialize::OutputArchive sub(archive.compilation_unit());
+    SaveModuleState(*child.value(), sub);
+    archive.write(child.key(), sub);
+  }
+}
+
+void LoadModuleState(torch::serialize::InputArchive& archive, torch::nn::Module& module) {
+  LoadModuleStateAt(archive, module, "");
+}
+
 void SaveWeights(const std::string& path, torch::nn::Module& model) {
   torch::serialize::OutputArchive a;
-  model.save(a);
+  SaveModuleState(model, a);
   AtomicSave(a, path);
 }
 
@@ -147,8 +206,8 @@ void LoadWeights(const std::string& path, torch::nn::Module& model) {
     throw std::runtime_error("weights file " + path + " does not exist");
   }
   torch::serialize::InputArchive a;
-  a.load_from(path);
-  model.load(a);
+  a.load_from(path, torch::Device(torch::kCPU));
+  LoadModuleState(a, model);
 }
 
 }  // namespace dfkd::worker

@@ -53,6 +53,14 @@ void LoadShard(const std::string& checkpoint_path, int64_t rank, int64_t step,
 // Deletes this rank's shards of steps other than `keep_step`.
 void RemoveStaleShards(const std::string& checkpoint_path, int64_t rank, int64_t keep_step);
 
+// A module's parameters and buffers in Module::save's layout, but written as
+// CPU tensors and read by copying into the module's own tensors, wherever
+// they live: a checkpoint written on a GPU resumes on the CPU and the other
+// way round, and optimizers keep pointing at the same tensors. A tensor of
+// another shape than the module's is refused, naming it.
+void SaveModuleState(torch::nn::Module& module, torch::serialize::OutputArchive& archive);
+void LoadModuleState(torch::serialize::InputArchive& archive, torch::nn::Module& module);
+
 // Weights only (parameters and buffers): what a teacher hands to distillation.
 void SaveWeights(const std::string& path, torch::nn::Module& model);
 void LoadWeights(const std::string& path, torch::nn::Module& model);

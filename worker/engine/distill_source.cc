@@ -8,7 +8,7 @@ DistillSource::DistillSource(const common::JobSpec& spec, Classifier teacher,
                              Classifier student, std::unique_ptr<Method> method,
                              Communicator& comm)
     : teacher_(std::move(teacher)), student_(std::move(student)), method_(std::move(method)),
-      comm_(comm), seed_(static_cast<uint64_t>(spec.seed)),
+      comm_(comm), device_(student_->parameters().front().device()), seed_(static_cast<uint64_t>(spec.seed)),
       steps_per_epoch_(spec.distill.steps_per_epoch), kd_steps_(spec.distill.kd_steps),
       batch_size_(spec.train.batch_size / comm.size()),
       channels_last_(spec.runtime.channels_last) {
@@ -31,7 +31,7 @@ StepResult DistillSource::Step(int64_t step) {
     student_->train();
   }
   DistillBatch batch;
-  batch.inputs = method_->Sample(batch_size_, ctx);
+  batch.inputs = method_->Sample(batch_size_, ctx).to(device_);
   if (channels_last_) batch.inputs = batch.inputs.contiguous(torch::MemoryFormat::ChannelsLast);
   {
     torch::NoGradGuard no_grad;

@@ -35,6 +35,7 @@ class DistillSource final : public StepSource {
   Classifier teacher_, student_;
   std::unique_ptr<Method> method_;
   Communicator& comm_;
+  torch::Device device_;  // the student's; substitute batches move there
   uint64_t seed_;
   int64_t steps_per_epoch_, kd_steps_, batch_size_;
   bool channels_last_;

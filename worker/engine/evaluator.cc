@@ -18,6 +18,9 @@ EvalResult Evaluate(ClassifierImpl& model, const Dataset& data,
   lo.norm = norm;
   Loader loader(data, lo);
   loader.StartEpoch(0);
+  const std::vector<torch::Tensor> params = model.parameters();
+  const torch::Device device = params.empty() ? torch::Device(torch::kCPU)
+                                              : params.front().device();
   const int64_t c = data.num_classes();
   torch::Tensor correct = torch::zeros({c}, torch::kInt64);
   torch::Tensor total = torch::zeros({c}, torch::kInt64);
@@ -25,10 +28,10 @@ EvalResult Evaluate(ClassifierImpl& model, const Dataset& data,
   int64_t compensated_correct = 0;
   bool has_compensated = false;
   while (auto batch = loader.Next()) {
-    torch::Tensor x = channels_last
-                          ? batch->images.contiguous(torch::MemoryFormat::ChannelsLast)
-                          : batch->images;
-    torch::Tensor logits = model.forward(x);
+    // Counting stays on the CPU; only the forward pass runs on the device.
+    torch::Tensor x = batch->images.to(device);
+    if (channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+    torch::Tensor logits = model.forward(x).to(torch::kCPU);
     loss_sum += torch::cross_entropy_loss(logits, batch->labels, {},
                                           at::Reduction::Sum)
                     .item<double>();

@@ -4,7 +4,9 @@
 
 #include "worker/data/cifar_reader.h"
 #include "worker/data/idx_reader.h"
+#ifdef DFKD_WITH_OPENCV
 #include "worker/data/image_folder.h"
+#endif
 
 namespace dfkd::worker {
 namespace {
@@ -32,6 +34,10 @@ JobData LoadJobData(const common::DataSpec& spec, bool need_train) {
     out.norm = NormalizationFor(ds);
     out.crop_padding = 4;
   } else if (ds == "image_folder") {
+#ifndef DFKD_WITH_OPENCV
+    throw DataError("data.dataset: image_folder needs OpenCV, and this engine was built "
+                    "without it");
+#else
     namespace fs = std::filesystem;
     fs::path root(spec.root);
     auto train = std::make_unique<ImageFolderDataset>((root / "train").string(),
@@ -48,6 +54,7 @@ JobData LoadJobData(const common::DataSpec& spec, bool need_train) {
     out.test = std::move(test);
     out.norm = NormalizationFor(spec.image_size == 64 ? "tiny_imagenet" : "imagenet");
     out.crop_padding = spec.image_size <= 64 ? 4 : 0;
+#endif
   } else {
     throw DataError("data.dataset: unknown data set '" + ds + "'");
   }

@@ -4,6 +4,7 @@
 
 #include "worker/data/dataset.h"
 #include "worker/engine/checkpoint.h"
+#include "worker/engine/device.h"
 #include "worker/engine/distill_source.h"
 #include "worker/engine/evaluator.h"
 #include "worker/engine/job_data.h"
@@ -18,7 +19,8 @@ namespace {
 // A frozen, trained network from a TeacherSpec. `field` names the spec
 // section for errors ("distill.teacher").
 Classifier LoadTeacher(const common::TeacherSpec& t, const JobData& data,
-                       const std::string& field, bool channels_last) {
+                       const std::string& field, bool channels_last,
+                       const torch::Device& device) {
   ModelConfig cfg = ModelConfigFor(t.model, data);
   if (t.num_classes > 0) cfg.num_classes = t.num_classes;
   Classifier model = MakeClassifier(cfg);
@@ -28,6 +30,7 @@ Classifier LoadTeacher(const common::TeacherSpec& t, const JobData& data,
     throw std::runtime_error(field + ".weights: cannot load " + t.weights + " into " +
                              ModelName(cfg) + ": " + e.what());
   }
+  MoveModule(*model, device);
   model->eval();
   if (channels_last) UseChannelsLast(*model);
   return model;
@@ -41,18 +44,19 @@ JobStatus StatusOf(const RunOutcome& outcome) {
 }
 
 JobStatus Distill(const common::JobSpec& spec, const std::string& out_dir,
-                  const RunControl& control, Communicator& comm) {
+                  const RunControl& control, Communicator& comm, const torch::Device& device) {
   JobData data = LoadJobData(spec.data, /*need_train=*/false);
   const bool cl = spec.runtime.channels_last;
-  Classifier teacher = LoadTeacher(spec.distill.teacher, data, "distill.teacher", cl);
+  Classifier teacher = LoadTeacher(spec.distill.teacher, data, "distill.teacher", cl, device);
   Classifier other;
   if (spec.kdci.enabled && spec.kdci.feature_source == "other") {
-    other = LoadTeacher(spec.kdci.other_teacher, data, "kdci.other_teacher", cl);
+    other = LoadTeacher(spec.kdci.other_teacher, data, "kdci.other_teacher", cl, device);
   }
   EvalResult teacher_eval = Evaluate(*teacher, *data.test, data.norm,
                                      spec.train.eval_batch_size, cl);
   torch::manual_seed(spec.seed);
   Classifier student = MakeClassifier(ModelConfigFor(spec.model, data));
+  MoveModule(*student, device);
   if (cl) UseChannelsLast(*student);
   MethodDeps deps{teacher, student, data.image_shape, data.num_classes, data.norm,
                   data.crop_padding};
@@ -66,10 +70,12 @@ JobStatus Distill(const common::JobSpec& spec, const std::string& out_dir,
 }
 
 JobStatus Supervised(const common::JobSpec& spec, const std::string& out_dir,
-                     const RunControl& control, Communicator& comm) {
+                     const RunControl& control, Communicator& comm,
+                     const torch::Device& device) {
   JobData data = LoadJobData(spec.data, /*need_train=*/true);
   torch::manual_seed(spec.seed);  // the same initial weights for the same seed
   Classifier model = MakeClassifier(ModelConfigFor(spec.model, data));
+  MoveModule(*model, device);
   if (spec.runtime.channels_last) UseChannelsLast(*model);
   SupervisedSource source(spec, model, data, comm);
   return StatusOf(Trainer(spec, model, data, comm, source, out_dir).Run(control));
@@ -83,12 +89,10 @@ JobStatus RunJob(const common::JobSpec& spec, const std::string& out_dir,
   Communicator& c = comm ? *comm : local;
   JobStatus status;
   try {
-    if (spec.runtime.device != "cpu") {
-      throw std::runtime_error("runtime.device: '" + spec.runtime.device +
-                               "' is not available in this build (CPU LibTorch)");
-    }
-    status = spec.kind == common::JobKind::kDistill ? Distill(spec, out_dir, control, c)
-                                                     : Supervised(spec, out_dir, control, c);
+    const torch::Device device = ResolveDevice(spec.runtime.device, LocalRankFromEnv());
+    status = spec.kind == common::JobKind::kDistill
+                 ? Distill(spec, out_dir, control, c, device)
+                 : Supervised(spec, out_dir, control, c, device);
     if (status.code == JobCode::kStopped) status.message = "stopped";
   } catch (const DataError& e) {
     status.code = JobCode::kDataError;

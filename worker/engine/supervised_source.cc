@@ -27,7 +27,8 @@ LoaderOptions TrainLoaderOptions(const common::JobSpec& spec, const JobData& dat
 
 SupervisedSource::SupervisedSource(const common::JobSpec& spec, Classifier model,
                                    const JobData& data, const Communicator& comm)
-    : model_(std::move(model)), channels_last_(spec.runtime.channels_last),
+    : model_(std::move(model)), device_(model_->parameters().front().device()),
+      channels_last_(spec.runtime.channels_last),
       loader_(*data.train, TrainLoaderOptions(spec, data, comm)) {
   TORCH_CHECK(loader_.batches_per_epoch() > 0, "train.batch_size ", spec.train.batch_size,
               " is larger than the training set (", data.train->size(), " images)");
@@ -44,13 +45,14 @@ StepResult SupervisedSource::Step(int64_t) {
     loader_.StartEpoch(++epoch_);
     batch = loader_.Next();
   }
-  torch::Tensor x = batch->images;
+  torch::Tensor x = batch->images.to(device_);
   if (channels_last_) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  const torch::Tensor labels = batch->labels.to(device_);
   torch::Tensor logits = model_->forward(x);
   StepResult r;
-  r.loss = torch::cross_entropy_loss(logits, batch->labels);
+  r.loss = torch::cross_entropy_loss(logits, labels);
   r.images = batch->labels.size(0);
-  r.correct = CountCorrect(logits.detach(), batch->labels);
+  r.correct = CountCorrect(logits.detach(), labels);
   return r;
 }
 

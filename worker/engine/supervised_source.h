@@ -23,6 +23,7 @@ class SupervisedSource final : public StepSource {
 
  private:
   Classifier model_;
+  torch::Device device_;  // the model's; batches move there
   bool channels_last_;
   Loader loader_;
   int64_t epoch_ = 0;

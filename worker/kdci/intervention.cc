@@ -36,18 +36,21 @@ torch::Tensor KdciInterventionImpl::PriorTerm(const torch::Tensor& s,
   TORCH_CHECK(prototypes.dim() == 2 && prior.dim() == 1 &&
                   prior.size(0) == prototypes.size(0),
               "kdci: prototypes [N, d'] and prior [N] expected");
-  torch::Tensor z = mapping ? mapping(prototypes) : prototypes;  // [N, d]
+  // The dictionary (and random_lambda) may be kept on the CPU: follow the
+  // logits' device (a no-op when they are already there).
+  const torch::Device dev = s.device();
+  torch::Tensor z = mapping ? mapping(prototypes.to(dev)) : prototypes.to(dev);  // [N, d]
   torch::Tensor lambda;
   if (options.ablation() == KdciAblation::kRandomLambda) {
     TORCH_CHECK(random_lambda.defined() && random_lambda.size(1) == z.size(0),
                 "kdci: random_lambda ablation needs weights [B, N]");
-    lambda = random_lambda;
+    lambda = random_lambda.to(dev);
   } else {
     lambda = Attention(s, z);
   }
   torch::Tensor weighted = options.ablation() == KdciAblation::kNoPrior
                                ? z
-                               : z * prior.unsqueeze(1);  // z_i P(z_i)
+                               : z * prior.to(dev).unsqueeze(1);  // z_i P(z_i)
   return torch::matmul(lambda, weighted);                 // [B, d]
 }
 

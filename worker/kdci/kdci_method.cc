@@ -6,6 +6,16 @@
 
 namespace dfkd::worker {
 
+namespace {
+
+// Where a module's parameters live (the CPU for none).
+torch::Device DeviceOf(torch::nn::Module& module) {
+  std::vector<torch::Tensor> params = module.parameters();
+  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+}
+
+}  // namespace
+
 KdciAblation ParseKdciAblation(const std::string& name) {
   if (name == "none") return KdciAblation::kNone;
   if (name == "random_lambda") return KdciAblation::kRandomLambda;
@@ -33,6 +43,10 @@ KdciMethod::KdciMethod(std::unique_ptr<Method> inner, KdciOptions options,
       intervention_(options_.intervention) {
   TORCH_CHECK(inner_, "kdci: no inner method");
   TORCH_CHECK(feature_source_, "kdci: no feature source model");
+  // Extra student parameters: on the models' device (the engine puts the
+  // teacher, the other teacher and the student on one device) before the
+  // student optimizer takes them.
+  intervention_->to(DeviceOf(*feature_source_));
 }
 
 torch::Tensor KdciMethod::FeatureLogits(const torch::Tensor& x) {
@@ -62,8 +76,10 @@ DictionaryOptions KdciMethod::SeededOptions(const RoundContext& ctx) const {
 }
 
 void KdciMethod::Adopt(const ConfounderDictionary& dict, Communicator* comm) {
-  prototypes_ = dict.prototypes;
-  prior_ = dict.prior;
+  // The dictionary lives on the CPU (built there, broadcast and checkpointed
+  // from there); PriorTerm moves it to the logits' device.
+  prototypes_ = dict.prototypes.defined() ? dict.prototypes.cpu() : dict.prototypes;
+  prior_ = dict.prior.defined() ? dict.prior.cpu() : dict.prior;
   last_pca_dim_ = dict.pca_dim_used;
   ShareFromRoot(comm);
   ++builds_;
@@ -72,7 +88,7 @@ void KdciMethod::Adopt(const ConfounderDictionary& dict, Communicator* comm) {
 void KdciMethod::RefreshDictionaryFrom(const torch::Tensor& logits, const RoundContext& ctx) {
   ConfounderDictionary dict;
   if (ctx.comm == nullptr || ctx.comm->is_root()) {
-    dict = BuildDictionary(logits.detach(), SeededOptions(ctx));
+    dict = BuildDictionary(logits.detach().cpu(), SeededOptions(ctx));
   }
   Adopt(dict, ctx.comm);
 }
@@ -90,15 +106,16 @@ void KdciMethod::RefreshDictionary(const RoundContext& ctx) {
                               scale, opts.seed());
     } else if (inner_->has_pool()) {
       StreamingDictionaryBuilder builder(opts, options_.pool_max_points);
-      inner_->ForEachPoolChunk([&](const torch::Tensor& x) { builder.Add(FeatureLogits(x)); });
+      inner_->ForEachPoolChunk(
+          [&](const torch::Tensor& x) { builder.Add(FeatureLogits(x).cpu()); });
       dict = builder.Finish([&](const std::function<void(const torch::Tensor&)>& consume) {
-        inner_->ForEachPoolChunk([&](const torch::Tensor& x) { consume(FeatureLogits(x)); });
+        inner_->ForEachPoolChunk([&](const torch::Tensor& x) { consume(FeatureLogits(x).cpu()); });
       });
     } else {
       torch::Tensor x = inner_->LastSynthesized();
       TORCH_CHECK(x.defined(), "kdci: method ", inner_->name(),
                   " produced no substitute batch to build the dictionary from");
-      dict = BuildDictionary(FeatureLogits(x), opts);
+      dict = BuildDictionary(FeatureLogits(x).cpu(), opts);
     }
   }
   Adopt(dict, ctx.comm);
@@ -206,15 +223,17 @@ void KdciMethod::Load(torch::serialize::InputArchive& archive) {
   archive.read("inner", inner);
   inner_->Load(inner);
   archive.read("kdci_intervention", module);
+  const torch::Device dev = DeviceOf(*intervention_);
   intervention_->load(module);
+  intervention_->to(dev);  // load() may have put CPU tensors in place; same tensors, moved back
   // Fresh tensors: reading into a defined tensor would try to resize it.
   torch::Tensor builds, prototypes, prior;
   archive.read("kdci_builds", builds);
   builds_ = builds.item<int64_t>();
   if (archive.try_read("kdci_prototypes", prototypes)) {
     archive.read("kdci_prior", prior);
-    prototypes_ = prototypes;
-    prior_ = prior;
+    prototypes_ = prototypes.cpu();
+    prior_ = prior.cpu();
   }
 }
 

@@ -83,8 +83,8 @@ class KdciMethod final : public Method {
   KdciOptions options_;
   Classifier feature_source_;
   KdciIntervention intervention_;
-  torch::Tensor prototypes_;  // [N, d'] (undefined until the first build)
-  torch::Tensor prior_;       // [N]
+  torch::Tensor prototypes_;  // [N, d'] on the CPU (undefined until the first build)
+  torch::Tensor prior_;       // [N] on the CPU
   int64_t builds_ = 0;
   int64_t last_pca_dim_ = 0;
 };

@@ -366,12 +366,12 @@ void GeneratorUnits::AddMemory(BankMemory& m) const {
 
 void GeneratorUnits::SaveClass(int64_t cls, torch::serialize::OutputArchive& archive) const {
   const State& s = states_[static_cast<size_t>(Index(cls))];
-  archive.write("generator", s.params);
-  archive.write("generator_buffers", s.buffers);
+  archive.write("generator", s.params.cpu());
+  archive.write("generator_buffers", s.buffers.cpu());
   archive.write("adam_step", torch::tensor(s.step, torch::kLong));
   if (s.exp_avg.defined()) {
-    archive.write("adam_exp_avg", s.exp_avg);
-    archive.write("adam_exp_avg_sq", s.exp_avg_sq);
+    archive.write("adam_exp_avg", s.exp_avg.cpu());
+    archive.write("adam_exp_avg_sq", s.exp_avg_sq.cpu());
   }
 }
 

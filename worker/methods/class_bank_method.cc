@@ -95,8 +95,8 @@ void ClassBankMethod::Load(torch::serialize::InputArchive& archive) {
   bank_.Load(bank_archive);
   torch::Tensor images, labels;
   if (archive.try_read("last_synthesized", images) && archive.try_read("last_labels", labels)) {
-    last_images_ = images;
-    last_labels_ = labels;
+    last_images_ = images.cpu();
+    last_labels_ = labels.cpu();
   } else {
     last_images_ = torch::Tensor();
     last_labels_ = torch::Tensor();

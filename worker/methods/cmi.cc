@@ -10,6 +10,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "worker/methods/adam_state.h"
 #include "worker/methods/deep_inversion.h"
 #include "worker/methods/fast_meta.h"
 #include "worker/methods/losses.h"
@@ -452,19 +453,22 @@ void CmiMethod::Save(torch::serialize::OutputArchive& archive) const {
   archive.write("head_optimizer", opt);
   pool_.Save(archive, "pool");
   bank_.Save(archive, "bank");
-  if (last_.defined()) archive.write("last_synthesized", last_);
+  if (last_.defined()) archive.write("last_synthesized", last_.cpu());
 }
 
 void CmiMethod::Load(torch::serialize::InputArchive& archive) {
   torch::serialize::InputArchive head, opt;
   archive.read("head", head);
   head_->load(head);
+  const torch::Device dev = device();
+  head_->to(dev);  // load() may have put CPU tensors in place; same tensors, moved back
   archive.read("head_optimizer", opt);
   head_optimizer_->load(opt);
+  MoveAdamState(*head_optimizer_, dev);
   pool_.Load(archive, "pool");
   bank_.Load(archive, "bank");
   torch::Tensor last;
-  last_ = archive.try_read("last_synthesized", last) ? last : torch::Tensor();
+  last_ = archive.try_read("last_synthesized", last) ? last.to(dev) : torch::Tensor();
 }
 
 }  // namespace dfkd::worker

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "worker/methods/adam_state.h"
 #include "worker/methods/losses.h"
 #include "worker/methods/seeding.h"
 
@@ -25,6 +26,7 @@ Dafl::Dafl(DaflOptions options, MethodDeps deps)
                      .img_size(deps_.image_shape.at(1))
                      .channels(deps_.image_shape.at(0))) {
   TORCH_CHECK(!options_.norm().mean.empty(), "dafl: normalisation constants required");
+  generator_->to(device());  // before the optimizer takes its parameters
   optimizer_ = std::make_unique<torch::optim::Adam>(
       generator_->parameters(),
       torch::optim::AdamOptions(options_.lr_g()).betas({0.5, 0.999}));
@@ -33,7 +35,13 @@ Dafl::Dafl(DaflOptions options, MethodDeps deps)
 torch::Tensor Dafl::Z(int64_t n, uint64_t stream, int64_t index, const RoundContext& ctx) const {
   at::Generator gen = at::detail::createCPUGenerator(
       StreamSeed(ctx.seed, stream, static_cast<uint64_t>(index) ^ (RankOf(ctx) << 40)));
-  return torch::randn({n, options_.nz()}, gen, torch::kFloat32);
+  // Drawn on the CPU (the same numbers on any device), then moved.
+  return torch::randn({n, options_.nz()}, gen, torch::kFloat32).to(device());
+}
+
+torch::Device Dafl::device() const {
+  std::vector<torch::Tensor> params = deps_.teacher->parameters();
+  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
 }
 
 torch::Tensor Dafl::Images(const torch::Tensor& z) {
@@ -89,17 +97,20 @@ void Dafl::Save(torch::serialize::OutputArchive& archive) const {
   optimizer_->save(o);
   archive.write("generator", g);
   archive.write("generator_optimizer", o);
-  if (last_.defined()) archive.write("last_synthesized", last_);
+  if (last_.defined()) archive.write("last_synthesized", last_.cpu());
 }
 
 void Dafl::Load(torch::serialize::InputArchive& archive) {
   torch::serialize::InputArchive g, o;
   archive.read("generator", g);
   generator_->load(g);
+  const torch::Device dev = device();
+  generator_->to(dev);  // load() may have put CPU tensors in place; same tensors, moved back
   archive.read("generator_optimizer", o);
   optimizer_->load(o);
+  MoveAdamState(*optimizer_, dev);
   torch::Tensor t;
-  if (archive.try_read("last_synthesized", t)) last_ = t;
+  if (archive.try_read("last_synthesized", t)) last_ = t.to(dev);
 }
 
 }  // namespace dfkd::worker

@@ -64,6 +64,7 @@ class Dafl final : public Method {
  private:
   torch::Tensor Z(int64_t n, uint64_t stream, int64_t index, const RoundContext& ctx) const;
   torch::Tensor Images(const torch::Tensor& z);  // normalised, model-ready
+  torch::Device device() const;  // the teacher's: where G, z and the images live
 
   DaflOptions options_;
   MethodDeps deps_;

@@ -204,13 +204,13 @@ nlohmann::json DeepInversion::Describe() const {
 
 void DeepInversion::Save(torch::serialize::OutputArchive& archive) const {
   pool_.Save(archive, "pool");
-  if (last_.defined()) archive.write("last_synthesized", last_);
+  if (last_.defined()) archive.write("last_synthesized", last_.cpu());
 }
 
 void DeepInversion::Load(torch::serialize::InputArchive& archive) {
   pool_.Load(archive, "pool");
   torch::Tensor last;
-  last_ = archive.try_read("last_synthesized", last) ? last : torch::Tensor();
+  last_ = archive.try_read("last_synthesized", last) ? last.to(device()) : torch::Tensor();
 }
 
 }  // namespace dfkd::worker

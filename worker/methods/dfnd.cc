@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "worker/methods/adam_state.h"
 #include "worker/methods/losses.h"
 #include "worker/methods/seeding.h"
 
@@ -163,11 +164,11 @@ nlohmann::json Dfnd::Describe() const {
 void Dfnd::Save(torch::serialize::OutputArchive& archive) const {
   torch::serialize::OutputArchive opt;
   theta_optimizer_->save(opt);
-  archive.write("theta", theta_.detach());
+  archive.write("theta", theta_.detach().cpu());
   archive.write("theta_optimizer", opt);
   archive.write("theta_steps", torch::tensor(theta_steps_, torch::kLong));
   // The previous step's gradient, not yet applied (see dfnd.h).
-  if (theta_.grad().defined()) archive.write("theta_pending_grad", theta_.grad());
+  if (theta_.grad().defined()) archive.write("theta_pending_grad", theta_.grad().cpu());
   if (selected_) {
     archive.write("selection", pool_.selection());
     archive.write("class_histogram", histogram_);
@@ -185,6 +186,7 @@ void Dfnd::Load(torch::serialize::InputArchive& archive) {
   torch::serialize::InputArchive opt;
   archive.read("theta_optimizer", opt);
   theta_optimizer_->load(opt);
+  MoveAdamState(*theta_optimizer_, theta_.device());
   archive.read("theta_steps", steps);
   theta_steps_ = steps.item<int64_t>();
   theta_.mutable_grad() =
@@ -193,7 +195,7 @@ void Dfnd::Load(torch::serialize::InputArchive& archive) {
     archive.read("class_histogram", histogram);
     archive.read("selection_seconds", seconds);
     pool_.Select(selection);
-    histogram_ = histogram;
+    histogram_ = histogram.cpu();
     selection_seconds_ = seconds.item<double>();
     selected_ = true;
   } else {

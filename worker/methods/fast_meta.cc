@@ -8,6 +8,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "worker/methods/adam_state.h"
 #include "worker/methods/deep_inversion.h"
 #include "worker/methods/losses.h"
 #include "worker/methods/mode_guard.h"
@@ -304,12 +305,12 @@ void FastMethod::Save(torch::serialize::OutputArchive& archive) const {
   archive.write("generator", g);
   archive.write("meta_optimizer", opt);
   pool_.Save(archive, "pool");
-  if (last_.defined()) archive.write("last_synthesized", last_);
+  if (last_.defined()) archive.write("last_synthesized", last_.cpu());
   archive.write("bn_moment_layers",
                 torch::tensor(static_cast<int64_t>(bn_moments_.size()), torch::kLong));
   for (size_t i = 0; i < bn_moments_.size(); ++i) {
-    archive.write("bn_moment_mean_" + std::to_string(i), bn_moments_[i].mean);
-    archive.write("bn_moment_variance_" + std::to_string(i), bn_moments_[i].variance);
+    archive.write("bn_moment_mean_" + std::to_string(i), bn_moments_[i].mean.cpu());
+    archive.write("bn_moment_variance_" + std::to_string(i), bn_moments_[i].variance.cpu());
   }
 }
 
@@ -317,11 +318,14 @@ void FastMethod::Load(torch::serialize::InputArchive& archive) {
   torch::serialize::InputArchive g, opt;
   archive.read("generator", g);
   generator_->load(g);
+  const torch::Device dev = device();
+  generator_->to(dev);  // load() may have put CPU tensors in place; same tensors, moved back
   archive.read("meta_optimizer", opt);
   meta_optimizer_->load(opt);
+  MoveAdamState(*meta_optimizer_, dev);
   pool_.Load(archive, "pool");
   torch::Tensor last;
-  last_ = archive.try_read("last_synthesized", last) ? last : torch::Tensor();
+  last_ = archive.try_read("last_synthesized", last) ? last.to(dev) : torch::Tensor();
   bn_moments_.clear();
   torch::Tensor layers;
   if (archive.try_read("bn_moment_layers", layers)) {
@@ -330,6 +334,8 @@ void FastMethod::Load(torch::serialize::InputArchive& archive) {
       BnMoments m;
       archive.read("bn_moment_mean_" + std::to_string(i), m.mean);
       archive.read("bn_moment_variance_" + std::to_string(i), m.variance);
+      m.mean = m.mean.to(dev);
+      m.variance = m.variance.to(dev);
       bn_moments_.push_back(std::move(m));
     }
   }

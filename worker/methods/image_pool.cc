@@ -46,7 +46,7 @@ void ImagePool::Save(torch::serialize::OutputArchive& archive, const std::string
 
 void ImagePool::Load(torch::serialize::InputArchive& archive, const std::string& key) {
   torch::Tensor images;
-  images_ = archive.try_read(key, images) ? images : torch::Tensor();
+  images_ = archive.try_read(key, images) ? images.cpu() : torch::Tensor();  // kept on the CPU
 }
 
 torch::Tensor SampleStudentBatch(const ImagePool& pool, int64_t batch_size, uint64_t key,

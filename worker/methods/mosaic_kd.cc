@@ -8,6 +8,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "worker/methods/adam_state.h"
 #include "worker/methods/losses.h"
 #include "worker/methods/mode_guard.h"
 #include "worker/methods/seeding.h"
@@ -321,10 +322,16 @@ void MosaicKd::Load(torch::serialize::InputArchive& archive) {
   generator_->load(g);
   archive.read("discriminator", d);
   discriminator_->load(d);
+  // load() may have put CPU tensors in place; the same tensors, moved back.
+  const torch::Device dev = device();
+  generator_->to(dev);
+  discriminator_->to(dev);
   archive.read("generator_optimizer", opt_g);
   optimizer_g_->load(opt_g);
+  MoveAdamState(*optimizer_g_, dev);
   archive.read("discriminator_optimizer", opt_d);
   optimizer_d_->load(opt_d);
+  MoveAdamState(*optimizer_d_, dev);
   torch::Tensor subset;
   if (archive.try_read("ood_subset", subset)) {
     pool_.Select(subset);

@@ -18,7 +18,14 @@ torch::Tensor NoiseMethod::Noise(int64_t n, uint64_t seed, uint64_t stream,
       at::detail::createCPUGenerator(StreamSeed(seed, stream, static_cast<uint64_t>(index)));
   std::vector<int64_t> shape = {n};
   shape.insert(shape.end(), deps_.image_shape.begin(), deps_.image_shape.end());
-  return torch::randn(shape, gen, torch::kFloat32) * options_.stddev();
+  // Drawn on the CPU (the same numbers on any device), then moved.
+  return (torch::randn(shape, gen, torch::kFloat32) * options_.stddev()).to(device());
+}
+
+torch::Device NoiseMethod::device() const {
+  if (!deps_.teacher) return torch::Device(torch::kCPU);
+  std::vector<torch::Tensor> params = deps_.teacher->parameters();
+  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
 }
 
 void NoiseMethod::Synthesize(const RoundContext& ctx) {
@@ -42,12 +49,12 @@ nlohmann::json NoiseMethod::Describe() const {
 }
 
 void NoiseMethod::Save(torch::serialize::OutputArchive& archive) const {
-  if (last_.defined()) archive.write("last_synthesized", last_);
+  if (last_.defined()) archive.write("last_synthesized", last_.cpu());
 }
 
 void NoiseMethod::Load(torch::serialize::InputArchive& archive) {
   torch::Tensor t;
-  if (archive.try_read("last_synthesized", t)) last_ = t;
+  if (archive.try_read("last_synthesized", t)) last_ = t.to(device());
 }
 
 }  // namespace dfkd::worker

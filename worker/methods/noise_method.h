@@ -33,6 +33,7 @@ class NoiseMethod final : public Method {
   // Noise seeded by (job seed, stream, index): a pure function, so a resumed
   // run draws exactly what an uninterrupted one would.
   torch::Tensor Noise(int64_t n, uint64_t seed, uint64_t stream, int64_t index) const;
+  torch::Device device() const;  // the teacher's (CPU without one)
 
   NoiseOptions options_;
   MethodDeps deps_;
