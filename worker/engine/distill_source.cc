@@ -8,7 +8,7 @@ DistillSource::DistillSource(const common::JobSpec& spec, Classifier teacher,
                              Classifier student, std::unique_ptr<Method> method,
                              Communicator& comm)
     : teacher_(std::move(teacher)), student_(std::move(student)), method_(std::move(method)),
-      comm_(comm), device_(student_->parameters().front().device()), seed_(static_cast<uint64_t>(spec.seed)),
+      comm_(comm), device_(DeviceOf(*student_)), seed_(static_cast<uint64_t>(spec.seed)),
       steps_per_epoch_(spec.distill.steps_per_epoch), kd_steps_(spec.distill.kd_steps),
       batch_size_(spec.train.batch_size / comm.size()),
       channels_last_(spec.runtime.channels_last) {

@@ -18,9 +18,7 @@ EvalResult Evaluate(ClassifierImpl& model, const Dataset& data,
   lo.norm = norm;
   Loader loader(data, lo);
   loader.StartEpoch(0);
-  const std::vector<torch::Tensor> params = model.parameters();
-  const torch::Device device = params.empty() ? torch::Device(torch::kCPU)
-                                              : params.front().device();
+  const torch::Device device = DeviceOf(model);
   const int64_t c = data.num_classes();
   torch::Tensor correct = torch::zeros({c}, torch::kInt64);
   torch::Tensor total = torch::zeros({c}, torch::kInt64);

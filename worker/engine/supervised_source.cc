@@ -27,7 +27,7 @@ LoaderOptions TrainLoaderOptions(const common::JobSpec& spec, const JobData& dat
 
 SupervisedSource::SupervisedSource(const common::JobSpec& spec, Classifier model,
                                    const JobData& data, const Communicator& comm)
-    : model_(std::move(model)), device_(model_->parameters().front().device()),
+    : model_(std::move(model)), device_(DeviceOf(*model_)),
       channels_last_(spec.runtime.channels_last),
       loader_(*data.train, TrainLoaderOptions(spec, data, comm)) {
   TORCH_CHECK(loader_.batches_per_epoch() > 0, "train.batch_size ", spec.train.batch_size,

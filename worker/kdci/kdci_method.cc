@@ -6,16 +6,6 @@
 
 namespace dfkd::worker {
 
-namespace {
-
-// Where a module's parameters live (the CPU for none).
-torch::Device DeviceOf(torch::nn::Module& module) {
-  std::vector<torch::Tensor> params = module.parameters();
-  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
-}
-
-}  // namespace
-
 KdciAblation ParseKdciAblation(const std::string& name) {
   if (name == "none") return KdciAblation::kNone;
   if (name == "random_lambda") return KdciAblation::kRandomLambda;

@@ -178,8 +178,7 @@ int64_t ClassUnits::Index(int64_t cls) const {
 }
 
 torch::Device ClassUnits::device() const {
-  std::vector<torch::Tensor> params = deps_.teacher->parameters();
-  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  return DeviceOf(*deps_.teacher);
 }
 
 torch::Tensor ClassUnits::Score(const torch::Tensor& x, int64_t cls) {

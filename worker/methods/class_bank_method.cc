@@ -17,8 +17,7 @@ ClassBankMethod::ClassBankMethod(ClassBankOptions options, MethodDeps deps)
 }
 
 torch::Device ClassBankMethod::device() const {
-  std::vector<torch::Tensor> params = deps_.teacher->parameters();
-  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  return DeviceOf(*deps_.teacher);
 }
 
 void ClassBankMethod::Synthesize(const RoundContext& ctx) {

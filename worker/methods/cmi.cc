@@ -293,8 +293,7 @@ CmiMethod::CmiMethod(CmiOptions options, MethodDeps deps)
 }
 
 torch::Device CmiMethod::device() const {
-  std::vector<torch::Tensor> params = deps_.teacher->parameters();
-  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  return DeviceOf(*deps_.teacher);
 }
 
 void CmiMethod::Synthesize(const RoundContext& ctx) {

@@ -40,8 +40,7 @@ torch::Tensor Dafl::Z(int64_t n, uint64_t stream, int64_t index, const RoundCont
 }
 
 torch::Device Dafl::device() const {
-  std::vector<torch::Tensor> params = deps_.teacher->parameters();
-  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  return DeviceOf(*deps_.teacher);
 }
 
 torch::Tensor Dafl::Images(const torch::Tensor& z) {

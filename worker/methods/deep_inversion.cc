@@ -86,8 +86,7 @@ DeepInversion::DeepInversion(DeepInversionOptions options, MethodDeps deps)
 }
 
 torch::Device DeepInversion::device() const {
-  std::vector<torch::Tensor> params = deps_.teacher->parameters();
-  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  return DeviceOf(*deps_.teacher);
 }
 
 torch::Tensor DeepInversion::ClampToImageRange(const torch::Tensor& x) const {

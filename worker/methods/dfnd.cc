@@ -71,8 +71,7 @@ Dfnd::Dfnd(DfndOptions options, MethodDeps deps)
 }
 
 torch::Device Dfnd::device() const {
-  std::vector<torch::Tensor> params = deps_.teacher->parameters();
-  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  return DeviceOf(*deps_.teacher);
 }
 
 const Normalization& Dfnd::pool_norm() const {

@@ -132,8 +132,7 @@ FastMethod::FastMethod(FastOptions options, MethodDeps deps)
 }
 
 torch::Device FastMethod::device() const {
-  std::vector<torch::Tensor> params = deps_.teacher->parameters();
-  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  return DeviceOf(*deps_.teacher);
 }
 
 void FastMethod::ResetL0(int64_t call, uint64_t seed) {

@@ -165,8 +165,7 @@ MosaicKd::MosaicKd(MosaicKdOptions options, MethodDeps deps)
 }
 
 torch::Device MosaicKd::device() const {
-  std::vector<torch::Tensor> params = deps_.teacher->parameters();
-  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  return DeviceOf(*deps_.teacher);
 }
 
 const Normalization& MosaicKd::pool_norm() const {

@@ -23,9 +23,7 @@ torch::Tensor NoiseMethod::Noise(int64_t n, uint64_t seed, uint64_t stream,
 }
 
 torch::Device NoiseMethod::device() const {
-  if (!deps_.teacher) return torch::Device(torch::kCPU);
-  std::vector<torch::Tensor> params = deps_.teacher->parameters();
-  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  return deps_.teacher ? DeviceOf(*deps_.teacher) : torch::Device(torch::kCPU);
 }
 
 void NoiseMethod::Synthesize(const RoundContext& ctx) {

@@ -11,15 +11,6 @@
 
 namespace dfkd::worker {
 
-namespace {
-
-torch::Device DeviceOf(torch::nn::Module& module) {
-  std::vector<torch::Tensor> params = module.parameters();
-  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
-}
-
-}  // namespace
-
 UnlabeledSampler::UnlabeledSampler(torch::Tensor images) : images_(std::move(images)) {
   TORCH_CHECK(images_.defined() && images_.dim() == 4 && images_.scalar_type() == torch::kUInt8,
               "unlabeled pool: expects uint8 [N, C, H, W] images");

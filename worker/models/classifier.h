@@ -16,6 +16,13 @@
 
 namespace dfkd::worker {
 
+// Where a module's parameters live (the CPU for a module without any): the
+// device every method, the evaluator and the sources follow.
+inline torch::Device DeviceOf(const torch::nn::Module& module) {
+  const std::vector<torch::Tensor> params = module.parameters();
+  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+}
+
 // Which optional outputs a caller wants; taps cost memory, so they are opt-in.
 struct TapRequest {
   bool bn_statistics = false;
