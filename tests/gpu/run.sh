@@ -11,6 +11,10 @@
 #   bash tests/gpu/run.sh check      # on the GPU machine, with .gpu/ carried;
 #                                    # about 5 minutes on 16 cores
 #
+# For a dry run of `check` on a machine without a GPU (the script's own
+# logic; the CUDA checks then fail): DFKD_GPU_BUILD=build (use that build,
+# skip configuring and building) DFKD_GPU_DEVICE=cpu.
+#
 # `check` prints one line per check ("ok: ..." / "FAIL: ...") and a summary,
 # also written to $OUT/gpu_check.txt when OUT is set; it exits non-zero when
 # any check failed. Nothing here runs in CI (no GPU there); the CPU build keeps
@@ -70,8 +74,12 @@ PY
   # PyTorch wheels may lack Gloo's headers; Debian's match the API c10d uses.
   [ -d "$torch_include/gloo" ] || extra="$extra -isystem $prefix/usr/include"
 
-  local build="$work/build"
+  local build="$work/build" device=${DFKD_GPU_DEVICE:-cuda}
   local t0=$SECONDS
+  if [ -n "${DFKD_GPU_BUILD:-}" ]; then
+    build=$(cd "$DFKD_GPU_BUILD" && pwd)
+    say "using the build in $build (DFKD_GPU_BUILD), device $device"
+  else
   cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DDFKD_BUILD_SERVER=OFF -DDFKD_ENABLE_CUDA=ON -DDFKD_WERROR=OFF \
     -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr" -DNCCL_ROOT="$nccl_root" \
@@ -81,6 +89,7 @@ PY
   cmake --build "$build" -j"$(nproc)" --target dfkd_train dfkd_gpu_check cuda_smoke_test \
     >"$work/build.log" 2>&1 || { grep -E "error|Error" -A3 "$work/build.log" | head -60; bad "build"; return 1; }
   ok "engine built against the CUDA LibTorch in $((SECONDS - t0)) s"
+  fi
 
   "$build/tests/cuda_smoke_test" --gtest_brief=1 >"$work/smoke.log" 2>&1 \
     && ok "cuda_smoke_test: a WRN-16-1 memorises a batch on the GPU" \
@@ -91,14 +100,14 @@ PY
   local specs="$work/specs" runs="$work/runs"
   rm -rf "$specs" "$runs"
   mkdir -p "$specs" "$runs"
-  $python - "$src" "$cache" "$specs" "$runs" <<'PY'
+  $python - "$src" "$cache" "$specs" "$runs" "$device" <<'PY'
 import glob, json, os, sys
-src, cache, specs, runs = sys.argv[1:]
+src, cache, specs, runs, device = sys.argv[1:]
 for path in glob.glob(os.path.join(src, "tests/configs/instant/*.json")) + \
         [os.path.join(src, "configs/fashion_mnist/teacher.json"),
          os.path.join(src, "configs/fashion_mnist/distill_fast.json")]:
     s = json.load(open(path))
-    s.setdefault("runtime", {})["device"] = "cuda"
+    s.setdefault("runtime", {})["device"] = device
     s["data"]["root"] = os.path.join(cache, "data/fashion-mnist")
     if s["kind"] == "distill":
         teacher = "full_teacher" if "configs/fashion_mnist" in path else "teacher"

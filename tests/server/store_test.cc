@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -476,6 +477,47 @@ TEST_F(StoreTest, SplitGangsConvergeIntoOne) {
   EXPECT_EQ(SqlInt("SELECT count(*) FROM gang_slots"), 0);
   EXPECT_EQ(store().GetRun(ids[1]).state(), api::RUN_STATE_QUEUED);
   EXPECT_EQ(store().GetRun(ids[1]).attempt(), 0);
+}
+
+// The race itself: eight workers polling at once, each pointed (by fair
+// share) at a different W=2 run, so all eight start gangs of their own. They
+// must drain into four complete gangs, never wait on each other for good.
+TEST_F(StoreTest, ConcurrentWorkersFormCompleteGangs) {
+  constexpr int kWorkers = 8;
+  constexpr int kPollLimit = 2000;
+  StoreOptions options = Options();
+  options.pool_size = kWorkers;
+  std::unique_ptr<Store> s = Store::Open(options);
+  s->SubmitCampaign("alice", ScratchCampaign("gangs", kWorkers, 3, /*world_size=*/2), false);
+  std::vector<int64_t> runs, workers;
+  for (const auto& row : Sql("SELECT id FROM runs ORDER BY id")) {
+    runs.push_back(row[0].as<int64_t>());
+  }
+  ASSERT_EQ(runs.size(), static_cast<size_t>(kWorkers));
+  for (int t = 0; t < kWorkers; ++t) {
+    workers.push_back(s->RegisterWorker("w" + std::to_string(t), {}));
+  }
+  std::vector<std::optional<api::Assignment>> got(kWorkers);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kWorkers; ++t) {
+    threads.emplace_back([&, t] {
+      for (int poll = 0; poll < kPollLimit && !got[t]; ++poll) {
+        got[t] = s->TryLease(workers[t], "host-" + std::to_string(t), 1000 + t, {runs[t]});
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  std::map<int64_t, std::set<int>> ranks_of_run;
+  for (int t = 0; t < kWorkers; ++t) {
+    ASSERT_TRUE(got[t]) << "worker " << t << " got no rank in " << kPollLimit << " polls";
+    EXPECT_TRUE(ranks_of_run[got[t]->run_id()].insert(got[t]->rank()).second);
+  }
+  EXPECT_EQ(ranks_of_run.size(), static_cast<size_t>(kWorkers / 2));
+  for (const auto& [run, ranks] : ranks_of_run) {
+    EXPECT_EQ(ranks, (std::set<int>{0, 1})) << "run " << run;
+  }
+  EXPECT_EQ(SqlInt("SELECT count(*) FROM gang_slots"), 0);
+  EXPECT_EQ(SqlInt("SELECT count(*) FROM runs WHERE state = 'queued'"), kWorkers / 2);
 }
 
 // A gang closer to completion wins over an older one with more free ranks.
