@@ -82,7 +82,9 @@ RunOutcome Trainer::Run(const RunControl& control) {
   auto session_seconds = [&] {
     return std::chrono::duration<double>(Clock::now() - session_start).count();
   };
+  double checkpoint_seconds = 0.0;  // this process's saves (rank 0: every shard's too)
   auto save = [&] {
+    const auto save_start = Clock::now();
     state.train_seconds = earlier_seconds + session_seconds();
     if (sharded) {
       SaveShard(ckpt_path, comm_.rank(), state.step, save_source);
@@ -96,6 +98,7 @@ RunOutcome Trainer::Run(const RunControl& control) {
       comm_.Barrier();
       RemoveStaleShards(ckpt_path, comm_.rank(), state.step);
     }
+    checkpoint_seconds += std::chrono::duration<double>(Clock::now() - save_start).count();
   };
   const bool channels_last = spec_.runtime.channels_last;
   std::function<torch::Tensor(const torch::Tensor&)> compensate =
@@ -245,6 +248,7 @@ RunOutcome Trainer::Run(const RunControl& control) {
         {"images_per_second", seconds > 0 ? images / seconds : 0.0},
         {"step_seconds", step_seconds},          // this process, excluding evaluation
         {"grad_sync_seconds", sync_seconds},     // of which: averaging gradients
+        {"checkpoint_seconds", checkpoint_seconds},  // writing checkpoints (and shards)
         {"threads", at::get_num_threads()},
         {"world_size", comm_.size()},
         {"method", source_.Describe()},
