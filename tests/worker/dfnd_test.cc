@@ -25,6 +25,7 @@
 #include "worker/kdci/kdci_method.h"
 #include "worker/methods/dfnd.h"
 #include "worker/methods/losses.h"
+#include "worker/methods/mode_guard.h"
 #include "worker/methods/seeding.h"
 #include "worker/methods/unlabeled_sampler.h"
 #include "worker/models/model_zoo.h"
@@ -340,6 +341,55 @@ TEST_F(DfndTest, KdciBuildsItsDictionaryOnceFromTheSelection) {
   r.loss.backward();
   EXPECT_GT(student_->parameters()[0].grad().abs().sum().item<double>(), 0.0);
   EXPECT_TRUE(dfnd->theta().grad().defined());
+}
+
+// The selection already ran the teacher over the pool: KDCI's dictionary
+// reads those logits instead of a second pass, and gets the dictionary a
+// second pass would have given.
+TEST_F(DfndTest, KdciReusesTheSelectionsTeacherLogits) {
+  DictionaryOptions dict;
+  dict.num_prototypes(4).seed(1);
+  KdciOptions options(dict, InterventionOptions(4, 4));
+  RoundContext ctx;
+  ctx.seed = 5;
+
+  auto inner = std::make_unique<Dfnd>(Small(), Deps());
+  Dfnd* dfnd = inner.get();
+  KdciMethod reusing(std::move(inner), options, teacher_);
+  reusing.Synthesize(ctx);
+  ASSERT_TRUE(dfnd->selected());
+  const torch::Tensor cached = dfnd->CachedPoolLogits(*teacher_);
+  ASSERT_TRUE(cached.defined());
+  EXPECT_EQ(cached.sizes(), torch::IntArrayRef({32, 4}));
+  EXPECT_FALSE(dfnd->CachedPoolLogits(*student_).defined()) << "only the teacher's are cached";
+  // They are the teacher's logits of what ForEachPoolChunk feeds, in order.
+  std::vector<torch::Tensor> fed;
+  {
+    torch::NoGradGuard no_grad;
+    ModeGuard mode(*teacher_);
+    teacher_->eval();
+    dfnd->ForEachPoolChunk([&](const torch::Tensor& x) { fed.push_back(teacher_->forward(x)); });
+  }
+  EXPECT_TRUE(torch::allclose(cached, torch::cat(fed, 0), 1e-5, 1e-6));
+
+  // The same teacher as another module object: no cache, a second pass.
+  Classifier copy = testing::TinyTeacher(1, /*warmup_passes=*/0);
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < copy->parameters().size(); ++i) {
+      copy->parameters()[i].copy_(teacher_->parameters()[i]);
+    }
+    for (size_t i = 0; i < copy->buffers().size(); ++i) {
+      copy->buffers()[i].copy_(teacher_->buffers()[i]);
+    }
+  }
+  KdciMethod recomputing(std::make_unique<Dfnd>(Small(), Deps()), options, copy);
+  recomputing.Synthesize(ctx);
+  EXPECT_TRUE(reusing.Describe()["kdci"]["pool_logits_reused"].get<bool>());
+  EXPECT_FALSE(recomputing.Describe()["kdci"]["pool_logits_reused"].get<bool>());
+  ASSERT_EQ(reusing.prototypes().sizes(), recomputing.prototypes().sizes());
+  EXPECT_TRUE(torch::allclose(reusing.prototypes(), recomputing.prototypes(), 1e-4, 1e-5));
+  EXPECT_TRUE(torch::allclose(reusing.prior(), recomputing.prior()));
 }
 
 }  // namespace

@@ -6,6 +6,10 @@
 
 namespace dfkd::worker {
 
+// Rows per chunk when replaying cached pool logits (the streamed build's
+// reservoir draws per row, so chunking does not change the dictionary).
+constexpr int64_t kCachedChunk = 8192;
+
 KdciAblation ParseKdciAblation(const std::string& name) {
   if (name == "none") return KdciAblation::kNone;
   if (name == "random_lambda") return KdciAblation::kRandomLambda;
@@ -96,11 +100,22 @@ void KdciMethod::RefreshDictionary(const RoundContext& ctx) {
                               scale, opts.seed());
     } else if (inner_->has_pool()) {
       StreamingDictionaryBuilder builder(opts, options_.pool_max_points);
-      inner_->ForEachPoolChunk(
-          [&](const torch::Tensor& x) { builder.Add(FeatureLogits(x).cpu()); });
-      dict = builder.Finish([&](const std::function<void(const torch::Tensor&)>& consume) {
-        inner_->ForEachPoolChunk([&](const torch::Tensor& x) { consume(FeatureLogits(x).cpu()); });
-      });
+      // Both passes of the streamed build read the pool's feature logits:
+      // from the inner method when it already ran this network over the
+      // pool (DFND's selection), else by running it chunk by chunk.
+      const torch::Tensor cached = inner_->CachedPoolLogits(*feature_source_);
+      auto for_each_logits = [&](const std::function<void(const torch::Tensor&)>& fn) {
+        if (cached.defined()) {
+          for (int64_t begin = 0; begin < cached.size(0); begin += kCachedChunk) {
+            fn(cached.narrow(0, begin, std::min(kCachedChunk, cached.size(0) - begin)));
+          }
+        } else {
+          inner_->ForEachPoolChunk([&](const torch::Tensor& x) { fn(FeatureLogits(x).cpu()); });
+        }
+      };
+      pool_logits_cached_ = cached.defined();
+      for_each_logits([&](const torch::Tensor& logits) { builder.Add(logits); });
+      dict = builder.Finish(for_each_logits);
     } else {
       torch::Tensor x = inner_->LastSynthesized();
       TORCH_CHECK(x.defined(), "kdci: method ", inner_->name(),
@@ -183,6 +198,7 @@ nlohmann::json KdciMethod::Describe() const {
       {"dictionary_size_last", prototypes_.defined() ? prototypes_.size(0) : 0},
       {"pca_dim_last", last_pca_dim_},
       {"dictionary_builds", builds_},
+      {"pool_logits_reused", pool_logits_cached_},
       {"feature_source", options_.feature_source},
       {"hidden", io.hidden() > 0 ? io.hidden() : io.classes()},
       {"bias", io.bias()},

@@ -87,6 +87,7 @@ class KdciMethod final : public Method {
   torch::Tensor prior_;       // [N] on the CPU
   int64_t builds_ = 0;
   int64_t last_pca_dim_ = 0;
+  bool pool_logits_cached_ = false;  // the last pool build reused the inner method's logits
 };
 
 KdciAblation ParseKdciAblation(const std::string& name);  // throws invalid_argument

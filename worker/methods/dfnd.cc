@@ -86,13 +86,16 @@ void Dfnd::Select(Communicator* comm) {
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
   PoolScores scores = ScorePool(pool_.images(), pool_norm(), *deps_.teacher,
-                                options_.select_chunk(), comm, &images_scored_);
+                                options_.select_chunk(), comm, &images_scored_,
+                                /*keep_logits=*/true);
   const int64_t n = pool_.images().size(0);
   const int64_t keep = options_.num_select() > 0 ? options_.num_select() : n;
   torch::Tensor selection = SelectByScore(scores.neg_log_max, keep, /*highest=*/false);
   pool_.Select(selection);
   histogram_ = torch::bincount(scores.argmax.index_select(0, selection), c10::nullopt,
                                deps_.num_classes);
+  selected_logits_ =
+      scores.logits.defined() ? scores.logits.index_select(0, selection) : torch::Tensor();
   selection_seconds_ = std::chrono::duration<double>(Clock::now() - start).count();
   selected_ = true;
 }
@@ -130,6 +133,10 @@ void Dfnd::ForEachPoolChunk(const std::function<void(const torch::Tensor&)>& fn)
   pool_.ForEachChunk(options_.select_chunk(), [&](const torch::Tensor& images) {
     fn(Normalize(images.to(dev), pool_norm()));
   });
+}
+
+torch::Tensor Dfnd::CachedPoolLogits(const torch::nn::Module& model) const {
+  return &model == deps_.teacher.get() ? selected_logits_ : torch::Tensor();
 }
 
 nlohmann::json Dfnd::Describe() const {

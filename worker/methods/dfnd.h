@@ -85,6 +85,7 @@ class Dfnd final : public Method {
   bool has_pool() const override { return true; }
   // The selection, normalised with pool_norm, select_chunk images at a time.
   void ForEachPoolChunk(const std::function<void(const torch::Tensor&)>& fn) override;
+  torch::Tensor CachedPoolLogits(const torch::nn::Module& model) const override;
   nlohmann::json Describe() const override;
   void Save(torch::serialize::OutputArchive& archive) const override;
   void Load(torch::serialize::InputArchive& archive) override;
@@ -119,6 +120,9 @@ class Dfnd final : public Method {
   int64_t images_scored_ = 0;
   double selection_seconds_ = 0;  // wall time of the selection pass
   torch::Tensor histogram_;       // int64 [C]
+  // The teacher's logits of the selection (ForEachPoolChunk's order), from
+  // the selection's own pass; not checkpointed (KDCI's dictionary is).
+  torch::Tensor selected_logits_;
 };
 
 }  // namespace dfkd::worker

@@ -90,6 +90,11 @@ class Method {
   // Pool methods: feeds the whole unlabeled pool in chunks (memory bounded).
   virtual bool has_pool() const { return false; }
   virtual void ForEachPoolChunk(const std::function<void(const torch::Tensor&)>&) {}
+  // The logits `model` gives for the images ForEachPoolChunk feeds, in that
+  // order (float [N, C], CPU), when the method already has them (DFND's
+  // selection ran the teacher over the pool); undefined otherwise. KDCI's
+  // dictionary then skips a second pass of the same network over the pool.
+  virtual torch::Tensor CachedPoolLogits(const torch::nn::Module& /*model*/) const { return {}; }
 
   // What the trainer must ask of the student for this method.
   virtual TapRequest StudentTaps() const { return {}; }

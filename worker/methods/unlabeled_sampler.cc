@@ -60,7 +60,7 @@ void UnlabeledSampler::ForEachChunk(
 
 PoolScores ScorePool(const torch::Tensor& pool, const Normalization& norm,
                      ClassifierImpl& teacher, int64_t chunk, Communicator* comm,
-                     int64_t* scored) {
+                     int64_t* scored, bool keep_logits) {
   TORCH_CHECK(pool.dim() == 4 && pool.scalar_type() == torch::kUInt8,
               "ScorePool: expects uint8 [N, C, H, W] images");
   TORCH_CHECK(chunk > 0, "ScorePool: chunk size must be positive");
@@ -74,12 +74,21 @@ PoolScores ScorePool(const torch::Tensor& pool, const Normalization& norm,
   // Columns: entropy, -ln max p, argmax (exact in float for any class count
   // a classifier has); rows no rank scored stay 0 for the sum over ranks.
   torch::Tensor out = torch::zeros({n, 3}, torch::TensorOptions(torch::kFloat32).device(dev));
+  keep_logits = keep_logits && world == 1;
+  std::vector<torch::Tensor> kept;  // per chunk, CPU
+  int64_t kept_floats = 0;
   int64_t k = 0;
   for (int64_t begin = 0; begin < n; begin += chunk, ++k) {
     if (k % world != rank) continue;
     const int64_t len = std::min(chunk, n - begin);
     torch::Tensor x = Normalize(pool.narrow(0, begin, len).to(dev), norm);
-    torch::Tensor log_p = torch::log_softmax(teacher.forward(x).to(torch::kFloat32), 1);
+    torch::Tensor logits = teacher.forward(x).to(torch::kFloat32);
+    if (keep_logits) {
+      kept_floats += logits.numel();
+      keep_logits = kept_floats <= kMaxKeptLogits;
+      if (keep_logits) kept.push_back(logits.cpu()); else kept.clear();
+    }
+    torch::Tensor log_p = torch::log_softmax(logits, 1);
     torch::Tensor entropy = -(log_p.exp() * log_p).sum(1);
     auto [max_log_p, cls] = log_p.max(1);
     out.narrow(0, begin, len)
@@ -96,6 +105,7 @@ PoolScores ScorePool(const torch::Tensor& pool, const Normalization& norm,
   s.entropy = out.select(1, 0).contiguous();
   s.neg_log_max = out.select(1, 1).contiguous();
   s.argmax = out.select(1, 2).round().to(torch::kLong);
+  if (keep_logits && !kept.empty()) s.logits = torch::cat(kept, 0);
   return s;
 }
 

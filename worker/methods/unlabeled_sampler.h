@@ -54,6 +54,7 @@ struct PoolScores {
   torch::Tensor entropy;      // float [N]: -sum_c p_c ln p_c (MosaicKD's OOD subset)
   torch::Tensor neg_log_max;  // float [N]: -ln max_c p_c = CE(t, argmax t) (DFND's score)
   torch::Tensor argmax;       // int64 [N]: the teacher's class
+  torch::Tensor logits;       // float [N, K] (CPU) with keep_logits alone; else undefined
 };
 
 // Runs `teacher` (eval mode, no gradients; its mode is restored) over
@@ -63,9 +64,12 @@ struct PoolScores {
 // scores of the whole pool, and a chunk holds the same images whatever the
 // world size (the scores do not depend on it). `comm` may be null (alone).
 // `scored`, when given, grows by the number of images this rank ran.
+// `keep_logits` also returns the logits themselves, when one process scored
+// the whole pool (no comm, or a world of one); bounded by kMaxKeptLogits.
+inline constexpr int64_t kMaxKeptLogits = int64_t{128} << 20;  // floats: 512 MiB
 PoolScores ScorePool(const torch::Tensor& pool, const Normalization& norm,
                      ClassifierImpl& teacher, int64_t chunk, Communicator* comm,
-                     int64_t* scored);
+                     int64_t* scored, bool keep_logits = false);
 
 // The indices of the `k` largest (`highest`) or smallest values of `score`
 // (float [N]), ties broken by the lower index; returned in ascending index
