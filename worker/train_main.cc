@@ -169,10 +169,12 @@ int main(int argc, char** argv) {
   }
   // A device that is not here is a bad spec (exit 2), found before any rank
   // starts: with N local ranks on cuda, rank N-1 needs GPU N-1.
+  // In a rank (or alone) this is the device it trains on.
+  torch::Device device(torch::kCPU);
   try {
     const int64_t local_rank =
         nproc > 1 && !in_group ? nproc - 1 : dfkd::worker::LocalRankFromEnv();
-    dfkd::worker::ResolveDevice(spec.runtime.device, local_rank);
+    device = dfkd::worker::ResolveDevice(spec.runtime.device, local_rank);
     if (spec.dist.backend == "nccl" && !dfkd::worker::NcclCompiledIn()) {
       throw std::invalid_argument(
           "dist.backend: nccl is not available in this build (configure with "
@@ -208,8 +210,6 @@ int main(int argc, char** argv) {
     // said otherwise; record what actually ran.
     spec.dist.world_size = rdv.world_size;
     if (rdv.world_size > 1) {
-      const torch::Device device = dfkd::worker::ResolveDevice(
-          spec.runtime.device, dfkd::worker::LocalRankFromEnv());
       comm = dfkd::worker::MakeCommunicator(rdv, spec.dist.backend, device);
       root = comm->is_root();
     }

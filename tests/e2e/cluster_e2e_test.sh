@@ -47,6 +47,15 @@ wait_for() {
     sleep 0.2
   done
 }
+cluster() {  # cluster FIELD: a field of the cluster.json that `dfkd up` wrote
+  python3 -c "import json; print(json.load(open('$DFKD_HOME/cluster.json'))['$1'])"
+}
+start_worker() {  # start_worker N: one more dfkd-worker, local-N; its pid in started_pid
+  "$build/bin/dfkd-worker" --scheduler "$(cluster scheduler_addr)" \
+    --token-file "$DFKD_HOME/tokens/worker" --name "local-$1" --threads 1 \
+    >>"$DFKD_HOME/logs/worker-$1.log" 2>&1 &
+  started_pid=$!
+}
 run_field() {  # run_field CAMPAIGN RUN_ID PYEXPR-on-r
   "$dfkd" ls runs --campaign "$1" --output json | python3 -c "
 import json,sys
@@ -66,8 +75,7 @@ grep -q "5 succeeded" "$work/submit.out" || fail "not all 5 runs succeeded: $(ca
 "$dfkd" results 1 >"$work/table.txt" || fail "results"
 grep -q "Teacher" "$work/table.txt" && grep -q "noise" "$work/table.txt" || fail "table: $(cat "$work/table.txt")"
 "$dfkd" results 1 --format json >"$work/results.json" || fail "results --format json"
-db=$(python3 -c "import json; print(json.load(open('$DFKD_HOME/cluster.json'))['db_url'])")
-pgdir=$(python3 -c "import json; print(json.load(open('$DFKD_HOME/cluster.json'))['pg_dir'])")
+db=$(cluster db_url)
 psql -At "$db" -c \
   "SELECT e.name, (r.result->>'test_top1') FROM runs r JOIN experiments e ON e.id = r.experiment_id
    WHERE r.campaign_id = 1 AND r.state = 'succeeded'" >"$work/db.txt" 2>/dev/null \
@@ -95,7 +103,7 @@ print("results json matches %d cells in PostgreSQL" % len(db))
 PY
 
 step "2. Prometheus scrapes the scheduler and both workers"
-prom=$(python3 -c "import json; print(json.load(open('$DFKD_HOME/cluster.json'))['prometheus_url'])")
+prom=$(cluster prometheus_url)
 prom_targets_up() {
   curl -sf "$prom/api/v1/query?query=up" | python3 -c "
 import json,sys
@@ -172,9 +180,8 @@ echo "run $victim cancelled; its dfkd-train exited"
 
 step "4b. SIGTERM: a worker checkpoints and hands its run back without spending an attempt"
 # A third worker replaces the one killed in step 3.
-"$build/bin/dfkd-worker" --scheduler "$(python3 -c "import json; print(json.load(open('$DFKD_HOME/cluster.json'))['scheduler_addr'])")" \
-  --token-file "$DFKD_HOME/tokens/worker" --name local-3 --threads 1 >>"$DFKD_HOME/logs/worker-3.log" 2>&1 &
-extra_worker=$!
+start_worker 3
+extra_worker=$started_pid
 python3 - "$work/long.json" "$work/handback.json" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))
@@ -228,9 +235,8 @@ print('campaign 5: %d runs succeeded, none run twice' % len(d))" || fail "campai
 
 step "6. dist.world_size 2: a gang of two workers trains each distill run"
 # Steps 3 and 4b took two workers away; a fourth makes two again.
-"$build/bin/dfkd-worker" --scheduler "$(python3 -c "import json; print(json.load(open('$DFKD_HOME/cluster.json'))['scheduler_addr'])")" \
-  --token-file "$DFKD_HOME/tokens/worker" --name local-4 --threads 1 >>"$DFKD_HOME/logs/worker-4.log" 2>&1 &
-gang_worker=$!
+start_worker 4
+gang_worker=$started_pid
 python3 - "$src/tests/configs/campaigns/instant_campaign.json" "$work/gang.json" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))

@@ -45,6 +45,8 @@ check() {
   say() { echo "$*" | tee -a "$summary"; }
   ok() { say "ok: $*"; }
   bad() { say "FAIL: $*"; failures=$((failures + 1)); }
+  # result RUN PYEXPR: PYEXPR evaluated on RUN's result.json as r.
+  result() { $python -c "import json; r = json.load(open('$runs/$1/result.json')); print($2)"; }
 
   [ -d "$cache/debs" ] || { echo "run '$0 prepare' on the build machine and carry .gpu" >&2; exit 2; }
   local prefix="$work/prefix"
@@ -135,7 +137,7 @@ PY
 import json,sys; s=json.load(open('$spec')); s.setdefault('kdci',{})['enabled']=$([ $kdci = true ] && echo True || echo False)
 json.dump(s, open('$work/one.json','w'))"
       if "$train" -q "$work/one.json" -o "$runs/$m-$kdci" >"$work/$m-$kdci.log" 2>&1; then
-        ok "dfkd-train: $m (kdci $kdci) on $device: $($python -c "import json; r=json.load(open('$runs/$m-$kdci/result.json')); print('top-1 %.1f%%' % r['test_top1'])")"
+        ok "dfkd-train: $m (kdci $kdci) on $device: $(result "$m-$kdci" "'top-1 %.1f%%' % r['test_top1']")"
       else
         tail -15 "$work/$m-$kdci.log"; bad "dfkd-train: $m (kdci $kdci) on $device"
       fi
@@ -151,7 +153,7 @@ json.dump(s, open('$work/one.json','w'))"
     pids+=($!)
   done
   if wait "${pids[0]}" && wait "${pids[1]}" && \
-     [ "$($python -c "import json; print(json.load(open('$runs/gloo2/result.json'))['world_size'])")" = 2 ]; then
+     [ "$(result gloo2 "r['world_size']")" = 2 ]; then
     ok "2 ranks, Gloo, tensors on $device: the class bank sharded over both"
   else
     tail -10 "$work"/gloo2-*.log; bad "2 ranks over Gloo on $device"
@@ -174,17 +176,17 @@ json.dump(s, open('$work/nccl2.json','w'))"
   # and on this machine's CPU cores, and Fast distillation on the GPU.
   local cpus; cpus=$(nproc)
   "$train" -q "$specs/full_teacher.json" -o "$runs/full_teacher" --max-steps 400 >"$work/full.log" 2>&1 \
-    && ok "teacher throughput, $device: $($python -c "import json; r=json.load(open('$runs/full_teacher/result.json')); print('%.0f img/s over %d steps' % (r['images_per_second'], r['steps']))")" \
+    && ok "teacher throughput, $device: $(result full_teacher "'%.0f img/s over %d steps' % (r['images_per_second'], r['steps'])")" \
     || { tail -10 "$work/full.log"; bad "teacher on $device (400 steps)"; }
   $python -c "
 import json; s=json.load(open('$specs/full_teacher.json')); s['runtime']['device']='cpu'
 json.dump(s, open('$work/cpu_teacher.json','w'))"
   "$train" -q "$work/cpu_teacher.json" -o "$runs/cpu_teacher" --max-steps 40 --threads "$cpus" >"$work/cpu.log" 2>&1 \
-    && ok "teacher throughput, cpu ($cpus threads): $($python -c "import json; r=json.load(open('$runs/cpu_teacher/result.json')); print('%.0f img/s over %d steps' % (r['images_per_second'], r['steps']))")" \
+    && ok "teacher throughput, cpu ($cpus threads): $(result cpu_teacher "'%.0f img/s over %d steps' % (r['images_per_second'], r['steps'])")" \
     || { tail -10 "$work/cpu.log"; bad "teacher on cpu (40 steps)"; }
   [ -f "$runs/full_teacher/model.pt" ] && "$train" -q "$specs/full_distill_fast.json" -o "$runs/full_fast" \
       --max-steps 60 >"$work/fast.log" 2>&1 \
-    && ok "Fast distillation, $device: $($python -c "import json; r=json.load(open('$runs/full_fast/result.json')); print('%.0f img/s, %.1f s for %d steps' % (r['images_per_second'], r['train_seconds'], r['steps']))")" \
+    && ok "Fast distillation, $device: $(result full_fast "'%.0f img/s, %.1f s for %d steps' % (r['images_per_second'], r['train_seconds'], r['steps'])")" \
     || { tail -10 "$work/fast.log"; bad "Fast distillation on $device (60 steps)"; }
 
   say "$failures failure(s); summary in $summary"

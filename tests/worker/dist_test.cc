@@ -137,22 +137,31 @@ std::string Slurp(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// The classifiers of Spec() saved in two weight files are equal, bit for bit.
+void ExpectSameWeights(const std::string& file_a, const std::string& file_b) {
+  JobData data = Data();
+  common::JobSpec spec = Spec();
+  Classifier a = MakeClassifier(ModelConfigFor(spec.model, data));
+  Classifier b = MakeClassifier(ModelConfigFor(spec.model, data));
+  LoadWeights(file_a, *a);
+  LoadWeights(file_b, *b);
+  auto pb = b->named_parameters();
+  for (const auto& kv : a->named_parameters()) {
+    EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << kv.key();
+  }
+}
+
 TEST(GlooDistTest, TwoRanksEndWithBitIdenticalParameters) {
   testing::TempDir dir;
   std::vector<std::string> logs;
   std::vector<int> codes = RunRanks(dir.path(), 2, "", &logs);
   ASSERT_EQ(codes, (std::vector<int>{0, 0})) << Slurp(logs[0]) << Slurp(logs[1]);
+  ExpectSameWeights(dir.File("rank0.pt"), dir.File("rank1.pt"));
+  // Trained, and started from rank 0's weights, not rank 1's.
   JobData data = Data();
   common::JobSpec spec = Spec();
-  Classifier a = MakeClassifier(ModelConfigFor(spec.model, data));
   Classifier b = MakeClassifier(ModelConfigFor(spec.model, data));
-  LoadWeights(dir.File("rank0.pt"), *a);
   LoadWeights(dir.File("rank1.pt"), *b);
-  auto pb = b->named_parameters();
-  for (const auto& kv : a->named_parameters()) {
-    EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << kv.key();
-  }
-  // Trained, and started from rank 0's weights, not rank 1's.
   torch::manual_seed(101);
   Classifier rank1_init = MakeClassifier(ModelConfigFor(spec.model, data));
   EXPECT_FALSE(torch::equal(rank1_init->parameters()[0], b->parameters()[0]));
@@ -193,16 +202,7 @@ TEST(GlooDistTest, OverlappedAveragingEqualsAveragingAfterBackward) {
   std::vector<int> codes = RunRanks(after.path(), 2, "", &logs);
   unsetenv("DFKD_NO_OVERLAP");
   ASSERT_EQ(codes, (std::vector<int>{0, 0})) << Slurp(logs[2]);
-  JobData data = Data();
-  common::JobSpec spec = Spec();
-  Classifier a = MakeClassifier(ModelConfigFor(spec.model, data));
-  Classifier b = MakeClassifier(ModelConfigFor(spec.model, data));
-  LoadWeights(overlapped.File("rank0.pt"), *a);
-  LoadWeights(after.File("rank0.pt"), *b);
-  auto pb = b->named_parameters();
-  for (const auto& kv : a->named_parameters()) {
-    EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << kv.key();
-  }
+  ExpectSameWeights(overlapped.File("rank0.pt"), after.File("rank0.pt"));
 }
 
 TEST(GlooDistTest, ADeadRankFailsTheOthersWithAClearError) {

@@ -5,6 +5,9 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "worker/methods/optimizer_state.h"
+#include "worker/models/classifier.h"
+
 namespace dfkd::worker {
 namespace {
 
@@ -46,19 +49,6 @@ void LoadModuleStateAt(torch::serialize::InputArchive& archive, torch::nn::Modul
     torch::serialize::InputArchive sub;
     archive.read(child.key(), sub);
     LoadModuleStateAt(sub, *child.value(), prefix + child.key() + ".");
-  }
-}
-
-// Momentum buffers come back from a checkpoint on the CPU; they belong next
-// to their parameters.
-void MoveOptimizerState(torch::optim::Optimizer& optimizer, const torch::Device& device) {
-  if (device.is_cpu()) return;
-  for (auto& entry : optimizer.state()) {
-    if (auto* sgd = dynamic_cast<torch::optim::SGDParamState*>(entry.second.get())) {
-      if (sgd->momentum_buffer().defined()) {
-        sgd->momentum_buffer(sgd->momentum_buffer().to(device));
-      }
-    }
   }
 }
 
@@ -107,8 +97,7 @@ bool LoadCheckpoint(const std::string& path, torch::nn::Module& model,
   root.read("optimizer", o);
   LoadModuleState(m, model);
   optimizer.load(o);
-  const std::vector<torch::Tensor> params = model.parameters();
-  if (!params.empty()) MoveOptimizerState(optimizer, params.front().device());
+  MoveOptimizerState(optimizer, DeviceOf(model));
   if (load_extra) {
     if (!root.try_read("extra", extra)) {
       throw std::runtime_error("checkpoint " + path +

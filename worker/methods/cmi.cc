@@ -10,7 +10,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
-#include "worker/methods/adam_state.h"
+#include "worker/methods/optimizer_state.h"
 #include "worker/methods/deep_inversion.h"
 #include "worker/methods/fast_meta.h"
 #include "worker/methods/losses.h"
@@ -463,7 +463,7 @@ void CmiMethod::Load(torch::serialize::InputArchive& archive) {
   head_->to(dev);  // load() may have put CPU tensors in place; same tensors, moved back
   archive.read("head_optimizer", opt);
   head_optimizer_->load(opt);
-  MoveAdamState(*head_optimizer_, dev);
+  MoveOptimizerState(*head_optimizer_, dev);
   pool_.Load(archive, "pool");
   bank_.Load(archive, "bank");
   torch::Tensor last;

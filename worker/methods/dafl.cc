@@ -2,7 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
-#include "worker/methods/adam_state.h"
+#include "worker/methods/optimizer_state.h"
 #include "worker/methods/losses.h"
 #include "worker/methods/seeding.h"
 
@@ -107,7 +107,7 @@ void Dafl::Load(torch::serialize::InputArchive& archive) {
   generator_->to(dev);  // load() may have put CPU tensors in place; same tensors, moved back
   archive.read("generator_optimizer", o);
   optimizer_->load(o);
-  MoveAdamState(*optimizer_, dev);
+  MoveOptimizerState(*optimizer_, dev);
   torch::Tensor t;
   if (archive.try_read("last_synthesized", t)) last_ = t.to(dev);
 }

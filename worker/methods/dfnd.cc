@@ -5,7 +5,7 @@
 #include <utility>
 #include <vector>
 
-#include "worker/methods/adam_state.h"
+#include "worker/methods/optimizer_state.h"
 #include "worker/methods/losses.h"
 #include "worker/methods/seeding.h"
 
@@ -192,7 +192,7 @@ void Dfnd::Load(torch::serialize::InputArchive& archive) {
   torch::serialize::InputArchive opt;
   archive.read("theta_optimizer", opt);
   theta_optimizer_->load(opt);
-  MoveAdamState(*theta_optimizer_, theta_.device());
+  MoveOptimizerState(*theta_optimizer_, theta_.device());
   archive.read("theta_steps", steps);
   theta_steps_ = steps.item<int64_t>();
   theta_.mutable_grad() =

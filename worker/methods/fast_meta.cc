@@ -8,7 +8,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
-#include "worker/methods/adam_state.h"
+#include "worker/methods/optimizer_state.h"
 #include "worker/methods/deep_inversion.h"
 #include "worker/methods/losses.h"
 #include "worker/methods/mode_guard.h"
@@ -321,7 +321,7 @@ void FastMethod::Load(torch::serialize::InputArchive& archive) {
   generator_->to(dev);  // load() may have put CPU tensors in place; same tensors, moved back
   archive.read("meta_optimizer", opt);
   meta_optimizer_->load(opt);
-  MoveAdamState(*meta_optimizer_, dev);
+  MoveOptimizerState(*meta_optimizer_, dev);
   pool_.Load(archive, "pool");
   torch::Tensor last;
   last_ = archive.try_read("last_synthesized", last) ? last.to(dev) : torch::Tensor();

@@ -8,7 +8,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
-#include "worker/methods/adam_state.h"
+#include "worker/methods/optimizer_state.h"
 #include "worker/methods/losses.h"
 #include "worker/methods/mode_guard.h"
 #include "worker/methods/seeding.h"
@@ -327,10 +327,10 @@ void MosaicKd::Load(torch::serialize::InputArchive& archive) {
   discriminator_->to(dev);
   archive.read("generator_optimizer", opt_g);
   optimizer_g_->load(opt_g);
-  MoveAdamState(*optimizer_g_, dev);
+  MoveOptimizerState(*optimizer_g_, dev);
   archive.read("discriminator_optimizer", opt_d);
   optimizer_d_->load(opt_d);
-  MoveAdamState(*optimizer_d_, dev);
+  MoveOptimizerState(*optimizer_d_, dev);
   torch::Tensor subset;
   if (archive.try_read("ood_subset", subset)) {
     pool_.Select(subset);
